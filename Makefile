@@ -1,0 +1,45 @@
+# Everything a fresh machine needs is installed by these targets.
+#   make demo   the recommend graph on the embedded stack (serve run configs/local.yaml)
+#   make test   the test suite (unit + integration on loopback)
+PYTHON ?= python3
+VENV := .venv
+TRITON_VENV := .venv-triton
+PY := $(VENV)/bin/python
+PIP_FLAGS := --progress-bar on --disable-pip-version-check
+VENV_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+TRITON_STAMP := $(TRITON_VENV)/.installed-$(shell cat local_stack/triton-requirements.txt | sha1sum | cut -c1-12)
+
+.PHONY: demo test stack venv triton-env check bench clean-stack
+
+demo: venv triton-env stack
+	$(PY) -m local_stack.demo configs/local.yaml
+
+test: venv triton-env stack
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+stack: venv triton-env
+	$(PY) -m local_stack.bootstrap
+
+check: venv
+	$(PY) -m apps.check configs/*.yaml
+
+bench: venv triton-env stack
+	$(PY) bench/recommend_bench.py
+
+venv: $(VENV_STAMP)
+$(VENV_STAMP): pyproject.toml
+	@echo "==> installing the platform into $(VENV) (torch CPU wheel, Ray Serve, Feast, MLflow, tritonclient)"
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) --upgrade "pip>=25"
+	$(PY) -m pip install $(PIP_FLAGS) -e ".[test]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+triton-env: $(TRITON_STAMP)
+$(TRITON_STAMP): local_stack/triton-requirements.txt
+	@echo "==> installing the local Triton server into $(TRITON_VENV) (nvidia-pytriton, numpy<2, onnxruntime)"
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install $(PIP_FLAGS) -r local_stack/triton-requirements.txt
+	rm -f $(TRITON_VENV)/.installed-* && touch $@
+
+clean-stack:
+	rm -rf .local

@@ -1,0 +1,38 @@
+"""One error shape for every HTTP app: `{"error": {"code", "message", ...}}`.
+
+FastAPI's request validation (malformed JSON, missing or mistyped fields,
+constraint violations) becomes 422 with a `fields` list naming each field
+and the reason; a GraphError becomes its own status, body and headers.
+"""
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from deployments.errors import GraphError
+
+
+def field_path(loc: tuple) -> str:
+    """("body", "item_ids", 2) -> "item_ids[2]"; a body that is not JSON -> "body"."""
+    parts = list(loc[1:] if loc and loc[0] in ("body", "query", "path") else loc)
+    if not parts or (loc and loc[0] == "body" and isinstance(parts[0], int)):
+        return "body"
+    path = ""
+    for part in parts:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def install(app: FastAPI) -> FastAPI:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = [{"field": field_path(tuple(e.get("loc", ()))), "reason": e.get("msg", "invalid")} for e in exc.errors()]
+        message = "; ".join(f"{f['field']}: {f['reason']}" for f in fields)
+        return JSONResponse({"error": {"code": "invalid_request", "message": message, "fields": fields}}, status_code=422)
+
+    @app.exception_handler(GraphError)
+    async def _graph_error(_: Request, exc: GraphError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    return app

@@ -1,0 +1,174 @@
+"""The recommend graph: Feast features -> Triton ranker -> top-k.
+
+`serve run configs/local.yaml` serves it:
+
+    POST /recommend  {"user_id": 7, "item_ids": [1, 2, 3], "k": 2}
+    GET  /healthz    live
+    GET  /readyz     ready when Feast, the Triton model and the registry are
+
+`RecommendGraph` is the graph as a plain async class (usable in a notebook
+without Ray); `Recommender` serves it as a Ray Serve deployment.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timezone
+from typing import Annotated
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from ray import serve
+from ray.serve import Application
+
+from apps import http_errors
+from deployments.aggregate import top_k
+from deployments.errors import InvalidInput, NotFound
+from deployments.feature_lookup import FeatureLookup, FeatureLookupConfig
+from deployments.metrics import NodeMetrics
+from deployments.registry import ServedModel, served
+from deployments.triton_model import TritonModel, TritonModelConfig
+
+GRAPH = "recommend"
+
+
+class RecommendArgs(BaseModel):
+    """Application args of the recommend graph (the `args:` of its Serve config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    features: FeatureLookupConfig = Field(default_factory=FeatureLookupConfig)
+    ranker: TritonModelConfig = Field(default_factory=TritonModelConfig)
+    max_items: int = Field(100, ge=1, le=4096, description="Longest accepted item_ids list (<= Triton's max_batch_size).")
+    unhealthy_after_s: float = Field(
+        30.0, gt=0, description="check_health fails (Serve replaces the replica) once a backend is unreachable this long."
+    )
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: StrictInt = Field(description="User to rank for.")
+    item_ids: Annotated[list[StrictInt], Field(min_length=1, description="Candidate items to rank.")]
+    k: StrictInt = Field(10, gt=0, description="How many items to return (at most len(item_ids)).")
+
+
+class ScoredItem(BaseModel):
+    item_id: int
+    score: float
+    feature_timestamp: datetime = Field(description="Event time of the item's features that were used.")
+
+
+class RecommendResponse(BaseModel):
+    user_id: int
+    items: list[ScoredItem]
+    model: ServedModel
+    feature_timestamps: dict[str, datetime] = Field(description="Event time of the user's features, by feature view.")
+    latency_ms: dict[str, float] = Field(description="Per node, plus `total`.")
+
+
+def _utc(epoch_s: int) -> datetime:
+    return datetime.fromtimestamp(epoch_s, tz=timezone.utc)
+
+
+class RecommendGraph:
+    """Feast lookup -> Triton ranker -> top-k, as a plain async object."""
+
+    def __init__(self, args: RecommendArgs):
+        self.args = args
+        self.features = FeatureLookup(args.features)
+        self.ranker = TritonModel(args.ranker)
+        self.metrics = NodeMetrics(GRAPH)
+        unknown = sorted(set(self.ranker.ref.input_features) - set(self.features.feature_names))
+        if not self.ranker.ref.input_features or unknown:
+            raise ValueError(
+                f"ranker {self.ranker.ref.name} v{self.ranker.ref.version} needs features {unknown or '(none recorded)'} "
+                f"that feature service {args.features.feature_service!r} does not provide"
+            )
+
+    def validate(self, request: RecommendRequest) -> None:
+        if len(request.item_ids) > self.args.max_items:
+            raise InvalidInput("item_ids", f"at most {self.args.max_items} items per request, got {len(request.item_ids)}")
+        if len(set(request.item_ids)) != len(request.item_ids):
+            duplicates = sorted({i for i in request.item_ids if request.item_ids.count(i) > 1})
+            raise InvalidInput("item_ids", f"duplicate item ids {duplicates}")
+
+    async def recommend(self, request: RecommendRequest) -> RecommendResponse:
+        self.validate(request)
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        rows = [{"user_id": request.user_id, "item_id": item} for item in request.item_ids]
+        with self.metrics.measure("features", timings):
+            frame = await self.features.lookup(rows)
+            if frame.missing:
+                raise NotFound(frame.missing)
+        with self.metrics.measure("ranker", timings):
+            scores = await self.ranker.infer(frame.matrix(self.ranker.ref.input_features))
+        with self.metrics.measure("aggregate", timings):
+            best = top_k(request.item_ids, scores, request.k)
+            position = {item: row for row, item in enumerate(request.item_ids)}
+            items = [
+                ScoredItem(item_id=item, score=score, feature_timestamp=_utc(frame.view_timestamp("item_features", position[item])))
+                for item, score in best
+            ]
+        timings["total"] = round((time.perf_counter() - started) * 1000.0, 3)
+        return RecommendResponse(
+            user_id=request.user_id,
+            items=items,
+            model=served(self.ranker.ref),
+            feature_timestamps={"user_features": _utc(frame.view_timestamp("user_features", 0))},
+            latency_ms=timings,
+        )
+
+    async def ready(self) -> dict[str, tuple[bool, str]]:
+        features, ranker = await asyncio.gather(self.features.ready(), self.ranker.ready())
+        registry = (True, f"{self.ranker.ref.name}@{self.ranker.ref.alias} -> version {self.ranker.ref.version}")
+        return {"features": features, "ranker": ranker, "registry": registry}
+
+
+api = http_errors.install(FastAPI(title="recommend", description=__doc__))
+
+
+@serve.deployment(max_ongoing_requests=64, health_check_period_s=5, health_check_timeout_s=10)
+@serve.ingress(api)
+class Recommender:
+    def __init__(self, args: RecommendArgs):
+        self.graph = RecommendGraph(args)
+        self._last_ready = time.monotonic()
+
+    @api.post("/recommend", response_model=RecommendResponse)
+    async def recommend(self, request: RecommendRequest) -> RecommendResponse:
+        return await self.graph.recommend(request)
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "live"}
+
+    @api.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        checks = await self.graph.ready()
+        ready = all(ok for ok, _ in checks.values())
+        body = {"ready": ready, "checks": {name: {"ready": ok, "detail": detail} for name, (ok, detail) in checks.items()}}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def check_health(self) -> None:
+        """Serve replaces the replica when its backends stay unreachable.
+
+        A short outage only turns readiness false (requests get 503); after
+        `unhealthy_after_s` the replica itself is suspect (a wedged channel,
+        a store file gone) and a fresh one is the better bet.
+        """
+        checks = await self.graph.ready()
+        if all(ok for ok, _ in checks.values()):
+            self._last_ready = time.monotonic()
+            return
+        down_for = time.monotonic() - self._last_ready
+        if down_for > self.graph.args.unhealthy_after_s:
+            failing = {name: detail for name, (ok, detail) in checks.items() if not ok}
+            raise RuntimeError(f"backends unreachable for {down_for:.0f} s: {failing}")
+
+
+def build(args: RecommendArgs) -> Application:
+    """Serve calls this with the config's `args`, validated against RecommendArgs."""
+    return Recommender.bind(args)

@@ -1,0 +1,60 @@
+"""Errors are part of the API: each carries its HTTP status and a JSON body
+that says what happened, so every node fails the same readable way."""
+from __future__ import annotations
+
+from typing import Any
+
+
+class GraphError(Exception):
+    status: int = 500
+    code: str = "internal_error"
+    headers: dict[str, str] = {}
+
+    def __init__(self, message: str, **details: Any):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, **self.details}}
+
+
+class InvalidInput(GraphError):
+    """422; `fields` is a list of {"field": dotted path, "reason": text}."""
+
+    status = 422
+    code = "invalid_request"
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}", fields=[{"field": field, "reason": reason}])
+
+
+class NotFound(GraphError):
+    """404; `missing` maps each entity key to the values nobody knows."""
+
+    status = 404
+    code = "not_found"
+
+    def __init__(self, missing: dict[str, list[Any]]):
+        listed = "; ".join(f"{key} {values}" for key, values in missing.items())
+        super().__init__(f"unknown entities: {listed}", missing=missing)
+
+
+class BackendUnavailable(GraphError):
+    """503 with Retry-After: a backend (Triton, Feast, ...) failed or is down."""
+
+    status = 503
+    code = "backend_unavailable"
+    headers = {"Retry-After": "1"}
+
+    def __init__(self, backend: str, reason: str):
+        super().__init__(f"{backend} unavailable: {reason}", backend=backend, reason=reason)
+
+
+class BackendTimeout(BackendUnavailable):
+    code = "backend_timeout"
+
+    def __init__(self, backend: str, timeout_s: float):
+        GraphError.__init__(
+            self, f"{backend} did not answer within {timeout_s:g} s", backend=backend, timeout_s=timeout_s
+        )

@@ -1,0 +1,166 @@
+"""Train the demo ranker on features from Feast's offline store, export it to
+ONNX and register it in MLflow as model `ranker` with aliases.
+
+Two versions are trained (a small and a larger network) so that the
+registry has a `champion` and a `challenger` to route between.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from local_stack.feast_setup import FEATURE_SERVICE
+from local_stack.paths import StackPaths
+
+MODEL_NAME = "ranker"
+INPUT_NAME = "features"
+OUTPUT_NAME = "score"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    alias: str
+    hidden: int
+    epochs: int
+    seed: int
+
+
+RECIPES = (Recipe("champion", hidden=16, epochs=2, seed=1), Recipe("challenger", hidden=64, epochs=8, seed=2))
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve by the rank-sum (Mann-Whitney U) identity."""
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    pos = labels == 1
+    n_pos, n_neg = pos.sum(), (~pos).sum()
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def training_frame(paths: StackPaths) -> tuple[pd.DataFrame, list[str]]:
+    """Point-in-time join of the interactions with the ranking feature service."""
+    from feast import FeatureStore
+
+    store = FeatureStore(repo_path=str(paths.feast_repo))
+    service = store.get_feature_service(FEATURE_SERVICE)
+    entity_df = pd.read_parquet(paths.data / "interactions.parquet")
+    frame = store.get_historical_features(entity_df=entity_df, features=service, full_feature_names=True).to_df()
+    columns = [f"{p.name}__{f.name}" for p in service.feature_view_projections for f in p.features]
+    frame = frame.dropna(subset=columns).sort_values(["user_id", "item_id", "event_timestamp"]).reset_index(drop=True)
+    return frame, columns
+
+
+def _network(n_inputs: int, hidden: int):
+    import torch
+
+    return torch.nn.Sequential(
+        torch.nn.Linear(n_inputs, hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, 1),
+        torch.nn.Sigmoid(),
+    )
+
+
+def train_one(recipe: Recipe, x_train, y_train, x_test, y_test):
+    import torch
+
+    torch.manual_seed(recipe.seed)
+    net = _network(x_train.shape[1], recipe.hidden)
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    loss_fn = torch.nn.BCELoss()
+    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train).float().unsqueeze(1)
+    for epoch in range(recipe.epochs):
+        perm = torch.randperm(len(xt))
+        for start in range(0, len(xt), 256):
+            idx = perm[start : start + 256]
+            optimizer.zero_grad()
+            loss = loss_fn(net(xt[idx]), yt[idx])
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            held_out = auc(y_test, net(torch.from_numpy(x_test)).squeeze(1).numpy())
+        print(f"    {recipe.alias}: epoch {epoch + 1}/{recipe.epochs} loss {loss.item():.4f} held-out AUC {held_out:.4f}", flush=True)
+    return net.eval(), held_out
+
+
+def export_onnx(net, n_inputs: int, path: Path) -> None:
+    import torch
+
+    torch.onnx.export(
+        net,
+        (torch.zeros(1, n_inputs),),
+        str(path),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+
+
+def train_and_register(paths: StackPaths) -> dict[str, str]:
+    """Returns {alias: version}."""
+    import mlflow
+    import onnx
+    from mlflow import MlflowClient
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    frame, columns = training_frame(paths)
+    users = frame["user_id"].unique()
+    test_users = set(np.random.default_rng(0).choice(users, size=len(users) // 5, replace=False))
+    is_test = frame["user_id"].isin(test_users).to_numpy()
+    x = frame[columns].to_numpy(np.float32)
+    y = frame["label"].to_numpy(np.int64)
+    print(f"    {len(frame)} interactions ({is_test.sum()} held out by user), {len(columns)} features, click rate {y.mean():.3f}")
+
+    mlflow.set_tracking_uri(paths.mlflow_uri)
+    experiment = "ranker"
+    if mlflow.get_experiment_by_name(experiment) is None:
+        mlflow.create_experiment(experiment, artifact_location=paths.mlflow_artifacts.as_uri())
+    mlflow.set_experiment(experiment)
+    client = MlflowClient()
+    aliases = {}
+    for recipe in RECIPES:
+        net, held_out = train_one(recipe, x[~is_test], y[~is_test], x[is_test], y[is_test])
+        onnx_path = paths.root / "mlflow" / f"{recipe.alias}.onnx"
+        export_onnx(net, len(columns), onnx_path)
+        with mlflow.start_run(run_name=f"ranker-{recipe.alias}"):
+            mlflow.log_params({"hidden": recipe.hidden, "epochs": recipe.epochs, "seed": recipe.seed})
+            mlflow.log_metric("held_out_auc", held_out)
+            info = mlflow.onnx.log_model(
+                onnx.load(str(onnx_path)),
+                name="model",
+                input_example=x[:2],
+                registered_model_name=MODEL_NAME,
+                save_as_external_data=False,  # one self-contained model.onnx for Triton
+            )
+        version = str(info.registered_model_version)
+        client.set_model_version_tag(MODEL_NAME, version, "input_features", json.dumps(columns))
+        client.set_model_version_tag(MODEL_NAME, version, "feature_service", FEATURE_SERVICE)
+        client.set_model_version_tag(MODEL_NAME, version, "held_out_auc", f"{held_out:.4f}")
+        client.set_registered_model_alias(MODEL_NAME, recipe.alias, version)
+        aliases[recipe.alias] = version
+        print(f"    registered {MODEL_NAME} version {version} as @{recipe.alias} (held-out AUC {held_out:.4f})", flush=True)
+    return aliases
+
+
+def is_registered(paths: StackPaths) -> bool:
+    if not paths.mlflow_db.exists():
+        return False
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=paths.mlflow_uri, registry_uri=paths.mlflow_uri)
+    try:
+        model = client.get_registered_model(MODEL_NAME)
+    except MlflowException:
+        return False
+    return all(r.alias in model.aliases for r in RECIPES)
