@@ -133,8 +133,9 @@ api = http_errors.install(FastAPI(title="recommend", description=__doc__))
 @serve.deployment(max_ongoing_requests=64, health_check_period_s=5, health_check_timeout_s=10)
 @serve.ingress(api)
 class Recommender:
-    def __init__(self, args: RecommendArgs):
-        self.graph = RecommendGraph(args)
+    def __init__(self, args: RecommendArgs | dict):
+        # Config deploys hand the bound args over as a plain dict.
+        self.graph = RecommendGraph(RecommendArgs.model_validate(args))
         self._last_ready = time.monotonic()
 
     @api.post("/recommend", response_model=RecommendResponse)

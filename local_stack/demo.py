@@ -54,7 +54,18 @@ def stop(process: subprocess.Popen, timeout_s: float = 30) -> None:
         process.wait()
 
 
+def _default_signals() -> None:
+    """A shell's background job starts with SIGINT ignored; let Ctrl-C work anyway."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", default="configs/local.yaml")
     parser.add_argument("--ready-timeout", type=float, default=180)
@@ -77,9 +88,12 @@ def main() -> None:
     serve_cli = Path(sys.executable).parent / "serve"
     print(f"==> serve run {args.config}", flush=True)
     serve_run = subprocess.Popen(
-        [str(serve_cli), "run", str(config_path)], cwd=PROJECT_ROOT, env=local_ray_env(), start_new_session=True
+        [str(serve_cli), "run", str(config_path)],
+        cwd=PROJECT_ROOT,
+        env=local_ray_env(),
+        start_new_session=True,
+        preexec_fn=_default_signals,
     )
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         readiness = wait_ready(f"{base}/readyz", serve_run, args.ready_timeout)
         print("\n" + "=" * 72)
