@@ -144,7 +144,7 @@ class Recommender:
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
-        return {"status": "live"}
+        return {"status": "live", "replica": serve.get_replica_context().replica_id.unique_id}
 
     @api.get("/readyz")
     async def readyz(self) -> JSONResponse:

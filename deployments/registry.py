@@ -46,3 +46,15 @@ def resolve_alias(registry_uri: str, name: str, alias: str) -> ModelRef:
 
 def served(ref: ModelRef) -> ServedModel:
     return ServedModel(name=ref.name, version=ref.version, alias=ref.alias)
+
+
+def download_version(registry_uri: str, name: str, version: str) -> Path:
+    """Local copy of a registered version's artifacts (the registry URI is
+    explicit: MLflow's default would be a `mlflow.db` in the working dir)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = resolve_registry_uri(registry_uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    source = client.get_model_version_download_uri(name, version)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=uri))

@@ -25,6 +25,9 @@ class TritonModelConfig(BaseModel):
     input_name: str = "features"
     output_name: str = "score"
     timeout_s: float = Field(1.0, gt=0, le=60, description="Bound on one inference call.")
+    reconnect_backoff_max_ms: int = Field(
+        1000, ge=100, description="gRPC reconnect backoff cap: how soon a restarted Triton is used again."
+    )
 
 
 class TritonModel:
@@ -41,10 +44,23 @@ class TritonModel:
         if self._client is None:
             if self.config.protocol == "grpc":
                 from tritonclient.grpc import aio as triton
+
+                self._client = triton.InferenceServerClient(url=self.config.url, channel_args=self._channel_args())
             else:
                 from tritonclient.http import aio as triton
-            self._client = triton.InferenceServerClient(url=self.config.url)
+
+                self._client = triton.InferenceServerClient(url=self.config.url, conn_timeout=self.config.timeout_s)
         return self._client
+
+    def _channel_args(self) -> list[tuple[str, int]]:
+        unlimited = 2**31 - 1
+        return [
+            ("grpc.max_send_message_length", unlimited),
+            ("grpc.max_receive_message_length", unlimited),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", self.config.reconnect_backoff_max_ms),
+        ]
 
     def _module(self):
         if self.config.protocol == "grpc":

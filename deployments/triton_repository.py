@@ -95,17 +95,16 @@ def export_from_registry(
     repo: Path, spec: TritonModelSpec, tracking_uri: str, target: Target, versions: Iterable[str] | None = None
 ) -> list[str]:
     """Export every (or the given) registered version of `spec.name`."""
-    import mlflow
     from mlflow import MlflowClient
+
+    from deployments.registry import download_version
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     if versions is None:
         versions = [v.version for v in client.search_model_versions(f"name='{spec.name}'")]
     exported = []
     for version in sorted(versions, key=int):
-        local = Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{spec.name}/{version}", tracking_uri=tracking_uri)
-        )
+        local = download_version(tracking_uri, spec.name, version)
         onnx_files = sorted(local.rglob("*.onnx"))
         if not onnx_files:
             raise FileNotFoundError(f"model {spec.name} version {version} has no .onnx artifact in {local}")

@@ -1,0 +1,78 @@
+"""Session fixtures: one local stack, one Triton, one Ray cluster with Serve,
+the recommend graph deployed once from configs/local.yaml. All on loopback,
+all stopped by their own handles."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+from local_stack.ray_env import local_ray_env
+
+# A private test cluster: no token shared with the user's other clusters.
+os.environ.update(local_ray_env())
+os.environ["RAY_AUTH_MODE"] = "disabled"
+
+from tests.servers import deploy, free_port, local_config, wait_app, wait_http  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def stack():
+    from local_stack.bootstrap import ensure
+
+    return ensure()
+
+
+@pytest.fixture(scope="session")
+def triton(stack):
+    from local_stack.triton_server import TritonServer
+
+    stack.logs.mkdir(parents=True, exist_ok=True)
+    server = TritonServer(
+        stack.triton_repo,
+        stack.triton_backends,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_file=stack.logs / "triton-tests.log",
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+    from ray import serve
+
+    temp_dir = tempfile.mkdtemp(prefix="sg-ray-", dir="/tmp")
+    metrics_port = free_port()
+    ray.init(
+        num_cpus=8,
+        include_dashboard=False,
+        _metrics_export_port=metrics_port,
+        _temp_dir=temp_dir,
+        namespace="serve",
+        configure_logging=False,
+    )
+    yield {"metrics_url": f"http://127.0.0.1:{metrics_port}/metrics"}
+    serve.shutdown()
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def serve_config(ray_cluster, triton):
+    return local_config(http_port=free_port(), triton_grpc=triton.grpc_url)
+
+
+@pytest.fixture(scope="session")
+def recommend_url(serve_config):
+    deploy(serve_config)
+    wait_app("recommend", {"RUNNING"}, timeout_s=180)
+    base = f"http://127.0.0.1:{serve_config['http_options']['port']}"
+    wait_http(f"{base}/readyz", timeout_s=60)
+    return base

@@ -1,0 +1,107 @@
+"""POST /recommend end to end: real Feast, MLflow, Triton and Ray Serve."""
+import json
+from datetime import datetime
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from apps.recommend import RecommendArgs
+
+USER = 42
+ITEMS = [3, 17, 99, 250, 5, 411, 78, 12, 300, 64]
+
+
+@pytest.fixture(scope="module")
+def registry(stack):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=stack.mlflow_uri, registry_uri=stack.mlflow_uri)
+
+
+def expected_scores(stack, registry, alias: str, user: int, items: list[int]) -> np.ndarray:
+    """Score the same features with onnxruntime directly, outside the platform."""
+    from feast import FeatureStore
+
+    from deployments.registry import download_version
+
+    version = registry.get_model_version_by_alias("ranker", alias)
+    columns = json.loads(version.tags["input_features"])
+    store = FeatureStore(repo_path=str(stack.feast_repo))
+    rows = [{"user_id": user, "item_id": item} for item in items]
+    online = store.get_online_features(features=store.get_feature_service("ranking"), entity_rows=rows, full_feature_names=True).to_dict()
+    x = np.asarray([online[c] for c in columns], dtype=np.float32).T
+    (onnx_file,) = download_version(stack.mlflow_uri, "ranker", version.version).rglob("*.onnx")
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    return session.run(None, {"features": x})[0].reshape(-1)
+
+
+def test_ranking_matches_onnxruntime_on_the_same_features(recommend_url, stack, registry):
+    response = httpx.post(f"{recommend_url}/recommend", json={"user_id": USER, "item_ids": ITEMS, "k": 4}, timeout=10)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    scores = expected_scores(stack, registry, "champion", USER, ITEMS)
+    best = np.argsort(-scores, kind="stable")[:4]
+    assert [item["item_id"] for item in body["items"]] == [ITEMS[i] for i in best]
+    assert [item["score"] for item in body["items"]] == pytest.approx([float(scores[i]) for i in best], rel=1e-5)
+
+
+def test_reports_the_registry_version_behind_the_alias(recommend_url, registry):
+    body = httpx.post(f"{recommend_url}/recommend", json={"user_id": USER, "item_ids": ITEMS, "k": 2}, timeout=10).json()
+    champion = registry.get_model_version_by_alias("ranker", "champion")
+    assert body["model"] == {"name": "ranker", "version": str(champion.version), "alias": "champion"}
+
+
+def test_reports_feature_timestamps_and_node_latency(recommend_url, stack):
+    import pandas as pd
+
+    body = httpx.post(f"{recommend_url}/recommend", json={"user_id": USER, "item_ids": ITEMS, "k": 3}, timeout=10).json()
+    users = pd.read_parquet(stack.data / "users.parquet").set_index("user_id")
+    items = pd.read_parquet(stack.data / "items.parquet").set_index("item_id")
+    assert datetime.fromisoformat(body["feature_timestamps"]["user_features"]) == users.loc[USER, "event_timestamp"].to_pydatetime()
+    for item in body["items"]:
+        assert datetime.fromisoformat(item["feature_timestamp"]) == items.loc[item["item_id"], "event_timestamp"].to_pydatetime()
+    latency = body["latency_ms"]
+    assert set(latency) == {"features", "ranker", "aggregate", "total"}
+    assert all(value > 0 for value in latency.values())
+    assert latency["total"] >= latency["features"] + latency["ranker"]
+
+
+def test_k_larger_than_the_candidates_returns_them_all(recommend_url):
+    body = httpx.post(f"{recommend_url}/recommend", json={"user_id": USER, "item_ids": [1, 2], "k": 10}, timeout=10).json()
+    assert sorted(item["item_id"] for item in body["items"]) == [1, 2]
+
+
+def test_http_protocol_gives_the_same_scores_as_grpc(triton, stack):
+    """The Triton node speaks both protocols against the same server."""
+    import asyncio
+
+    from deployments.triton_model import TritonModel, TritonModelConfig
+
+    args = RecommendArgs()
+    batch = np.random.default_rng(0).random((5, 12), dtype=np.float32)
+
+    async def score(protocol: str, url: str) -> np.ndarray:
+        node = TritonModel(TritonModelConfig(url=url, protocol=protocol, registry_uri=stack.mlflow_uri))
+        try:
+            assert (await node.ready())[0]
+            return await node.infer(batch)
+        finally:
+            await node.close()
+
+    grpc_scores = asyncio.run(score("grpc", triton.grpc_url))
+    http_scores = asyncio.run(score("http", triton.http_url.removeprefix("http://")))
+    assert args.ranker.protocol == "grpc"
+    np.testing.assert_allclose(grpc_scores, http_scores, rtol=1e-6)
+
+
+def test_health_and_readiness(recommend_url):
+    assert httpx.get(f"{recommend_url}/healthz").json()["status"] == "live"
+    ready = httpx.get(f"{recommend_url}/readyz")
+    assert ready.status_code == 200
+    assert {name: check["ready"] for name, check in ready.json()["checks"].items()} == {
+        "features": True,
+        "ranker": True,
+        "registry": True,
+    }

@@ -1,0 +1,94 @@
+"""Helpers for the servers the tests start: free loopback ports, Serve
+deploys of config files (the code path of `serve run` / `serve deploy`)."""
+from __future__ import annotations
+
+import copy
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from deployments.paths import PROJECT_ROOT
+
+LOCAL_CONFIG = PROJECT_ROOT / "configs" / "local.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def load_config(path: Path = LOCAL_CONFIG) -> dict[str, Any]:
+    with open(path) as handle:
+        return yaml.safe_load(handle)
+
+
+def local_config(http_port: int, triton_grpc: str) -> dict[str, Any]:
+    """configs/local.yaml with the test's ports, nothing else changed."""
+    config = copy.deepcopy(load_config())
+    config["http_options"]["port"] = http_port
+    for app in config["applications"]:
+        if "ranker" in app.get("args", {}):
+            app["args"]["ranker"]["url"] = triton_grpc
+    return config
+
+
+def deploy(config: dict[str, Any]) -> None:
+    """Submit a whole Serve config, as `serve run config.yaml` does."""
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    client = serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
+    client.deploy_apps(schema, _blocking=False)
+
+
+def wait_app(name: str, want: set[str], timeout_s: float = 120) -> Any:
+    """Wait for an application to reach one of `want` (e.g. RUNNING)."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    status = None
+    while time.monotonic() < deadline:
+        status = serve.status().applications.get(name)
+        if status is not None and status.status in want:
+            return status
+        time.sleep(0.5)
+    raise TimeoutError(f"app {name} not in {want} after {timeout_s} s: {status}")
+
+
+def wait_http(url: str, timeout_s: float = 60, status: int = 200) -> httpx.Response:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = httpx.get(url, timeout=5)
+            if last.status_code == status:
+                return last
+        except httpx.HTTPError as error:
+            last = error
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer {status} within {timeout_s} s: {last}")
+
+
+def scrape(url: str) -> str:
+    return httpx.get(url, timeout=5).text
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """Sum of a Prometheus family's samples whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric, _, label_text = head.partition("{")
+        if metric != name:
+            continue
+        if all(f'{key}="{val}"' in label_text for key, val in labels.items()):
+            total += float(value)
+    return total

@@ -1,0 +1,73 @@
+"""Configs are validated before anything starts, and errors name the key."""
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from apps.check import ConfigError, check_config, check_file
+from apps.recommend import RecommendArgs
+from deployments.paths import PROJECT_ROOT
+from tests.servers import load_config
+
+
+def test_local_config_is_valid():
+    schema = check_file(PROJECT_ROOT / "configs" / "local.yaml")
+    app = schema.applications[0]
+    assert app.import_path == "apps.recommend:build"
+    assert schema.http_options.host == "127.0.0.1"
+    RecommendArgs.model_validate(app.args)
+
+
+def test_defaults_point_at_the_local_stack():
+    args = RecommendArgs()
+    assert args.ranker.protocol == "grpc"
+    assert args.ranker.alias == "champion"
+    assert args.features.feature_service == "ranking"
+
+
+@pytest.mark.parametrize(
+    "mutate, path, reason",
+    [
+        (lambda a: a["ranker"].update(timout_s=1), "applications[0].args.ranker.timout_s", "Extra inputs are not permitted"),
+        (lambda a: a.update(max_items=0), "applications[0].args.max_items", "greater than or equal to 1"),
+        (lambda a: a["ranker"].update(protocol="udp"), "applications[0].args.ranker.protocol", "'grpc' or 'http'"),
+        (lambda a: a["features"].update(timeout_s=-1), "applications[0].args.features.timeout_s", "greater than 0"),
+        (lambda a: a.update(colour="blue"), "applications[0].args.colour", "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_args_are_named_by_path(mutate, path, reason):
+    config = load_config()
+    mutate(config["applications"][0]["args"])
+    with pytest.raises(ConfigError) as raised:
+        check_config(config)
+    assert path in str(raised.value)
+    assert reason in str(raised.value)
+
+
+def test_bad_serve_keys_are_named_too():
+    config = load_config()
+    config["applications"][0]["deployments"][0]["max_ongoing_requests"] = "many"
+    with pytest.raises(ConfigError, match="max_ongoing_requests"):
+        check_config(config)
+
+
+def test_builder_rejects_bad_args_itself():
+    """What Serve runs at build time, with no pre-check in front of it."""
+    with pytest.raises(ValidationError) as raised:
+        RecommendArgs.model_validate({"ranker": {"alias": ""}})
+    assert "ranker.alias" in str(raised.value)
+
+
+def test_check_cli_exit_codes(tmp_path):
+    import yaml
+
+    config = load_config()
+    config["applications"][0]["args"]["ranker"]["timout_s"] = 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "apps.check", str(bad)], capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert result.returncode == 1
+    assert "applications[0].args.ranker.timout_s: Extra inputs are not permitted" in result.stderr
+    good = subprocess.run([sys.executable, "-m", "apps.check", "configs/local.yaml"], capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert good.returncode == 0, good.stderr

@@ -1,0 +1,52 @@
+"""The API's error bodies: one shape, naming the field and the reason."""
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from apps import http_errors
+from apps.recommend import RecommendRequest
+from deployments.errors import BackendTimeout, BackendUnavailable, InvalidInput, NotFound
+
+
+@pytest.mark.parametrize(
+    "loc, path",
+    [
+        (("body", "k"), "k"),
+        (("body", "item_ids", 2), "item_ids[2]"),
+        (("body", 14), "body"),
+        (("body",), "body"),
+        (("query", "q"), "q"),
+    ],
+)
+def test_field_path(loc, path):
+    assert http_errors.field_path(loc) == path
+
+
+def test_error_bodies():
+    assert InvalidInput("k", "must be > 0").body() == {
+        "error": {"code": "invalid_request", "message": "k: must be > 0", "fields": [{"field": "k", "reason": "must be > 0"}]}
+    }
+    assert NotFound({"user_id": [9]}).body()["error"]["missing"] == {"user_id": [9]}
+    assert BackendUnavailable("triton", "connection refused").status == 503
+    assert BackendTimeout("triton", 0.5).body()["error"] == {
+        "code": "backend_timeout",
+        "message": "triton did not answer within 0.5 s",
+        "backend": "triton",
+        "timeout_s": 0.5,
+    }
+
+
+def test_handlers_shape_fastapi_errors():
+    app = http_errors.install(FastAPI())
+
+    @app.post("/r")
+    async def r(request: RecommendRequest):
+        raise BackendUnavailable("triton", "down")
+
+    client = TestClient(app)
+    bad = client.post("/r", json={"user_id": "x", "item_ids": [1]})
+    assert bad.status_code == 422
+    assert bad.json()["error"]["fields"] == [{"field": "user_id", "reason": "Input should be a valid integer"}]
+    down = client.post("/r", json={"user_id": 1, "item_ids": [1]})
+    assert down.status_code == 503 and down.headers["retry-after"] == "1"
+    assert down.json()["error"]["backend"] == "triton"
