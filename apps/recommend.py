@@ -9,8 +9,6 @@
 `RecommendGraph` is the graph as a plain async class (usable in a notebook
 without Ray); `Recommender` serves it as a Ray Serve deployment.
 """
-from __future__ import annotations
-
 import asyncio
 import time
 from datetime import datetime, timezone
@@ -171,5 +169,6 @@ class Recommender:
 
 
 def build(args: RecommendArgs) -> Application:
-    """Serve calls this with the config's `args`, validated against RecommendArgs."""
-    return Recommender.bind(args)
+    """Serve validates the config's `args` against the annotation (so a bad key
+    fails the build, naming its path) and calls this with the model."""
+    return Recommender.bind(RecommendArgs.model_validate(args))
