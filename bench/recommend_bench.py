@@ -1,0 +1,155 @@
+"""Benchmark `/recommend`: the platform (`serve run` of configs/local.yaml)
+against a baseline measured in the same run (bench/baseline_app.py: plain
+FastAPI under uvicorn calling the same Feast store and Triton model).
+
+    make bench                       # or: .venv/bin/python bench/recommend_bench.py --seconds 10
+
+Prints p50/p95/p99 and requests/s at concurrency 1, 8 and 32 for each, and
+the platform/baseline ratios. Each Ray Serve variant is a separate `serve run`
+with its own environment, so what each Ray option changes is visible.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.loadgen import Result, run  # noqa: E402
+from local_stack.bootstrap import ensure  # noqa: E402
+from local_stack.paths import PROJECT_ROOT, StackPaths  # noqa: E402
+from local_stack.ray_env import local_ray_env  # noqa: E402
+from local_stack.triton_server import TritonServer  # noqa: E402
+from tests.servers import free_port, local_config  # noqa: E402
+
+
+def variants() -> dict[str, dict[str, str]]:
+    """Environments of the Serve runs: Ray's defaults, then each option added."""
+    return {
+        "serve-defaults": local_ray_env(fast_ingress=False),
+        "serve-throughput-optimized": local_ray_env(fast_ingress=False) | {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+        "serve-throughput-optimized-haproxy": local_ray_env(fast_ingress=True),
+    }
+
+
+def stop_group(process: subprocess.Popen, sig=signal.SIGINT, timeout_s: float = 40) -> None:
+    if process.poll() is not None:
+        return
+    pgid = os.getpgid(process.pid)
+    os.killpg(pgid, sig)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(pgid, signal.SIGKILL)
+        process.wait()
+
+
+def wait_ok(url: str, process: subprocess.Popen, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.post(url, json={"user_id": 1, "item_ids": [1, 2], "k": 1}, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(url)
+
+
+def measure(url: str, levels: list[int], seconds: float) -> list[Result]:
+    results = []
+    for concurrency in levels:
+        result = asyncio.run(run(url, concurrency, seconds))
+        print(
+            f"    c={concurrency:<3} p50 {result.p50_ms:6.2f} ms  p95 {result.p95_ms:6.2f}  p99 {result.p99_ms:6.2f}  "
+            f"{result.rps:7.1f} req/s  ({result.ok} ok, {result.failed} failed)",
+            flush=True,
+        )
+        results.append(result)
+    return results
+
+
+def run_baseline(paths: StackPaths, triton: TritonServer, levels, seconds, log: Path) -> list[Result]:
+    port = free_port()
+    env = dict(os.environ, BASELINE_TRITON=triton.grpc_url, BASELINE_STACK=str(paths.root), FEAST_USAGE="False")
+    command = [sys.executable, "-m", "uvicorn", "bench.baseline_app:app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}/recommend"
+        wait_ok(url, process)
+        return measure(url, levels, seconds)
+    finally:
+        stop_group(process, signal.SIGTERM)
+
+
+def run_platform(triton: TritonServer, env: dict[str, str], levels, seconds, tmp: Path, log: Path) -> list[Result]:
+    port = free_port()
+    config_file = tmp / f"serve-{port}.yaml"
+    config_file.write_text(yaml.safe_dump(local_config(port, triton.grpc_url)))
+    env = dict(env, RAY_AUTH_MODE="disabled")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "serve"), "run", str(config_file)],
+        cwd=PROJECT_ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/recommend"
+        wait_ok(url, process)
+        return measure(url, levels, seconds)
+    finally:
+        stop_group(process)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8.0, help="load time per concurrency level")
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--variants", nargs="+", default=None, help="subset of the Serve variants")
+    args = parser.parse_args()
+
+    paths = ensure()
+    tmp = Path(tempfile.mkdtemp(prefix="sg-bench-"))
+    triton = TritonServer(paths.triton_repo, paths.triton_backends, free_port(), free_port(), free_port(), log_file=tmp / "triton.log")
+    triton.start()
+    table: dict[str, list[Result]] = {}
+    try:
+        print("==> baseline: FastAPI + uvicorn calling Feast and Triton directly", flush=True)
+        table["baseline"] = run_baseline(paths, triton, args.levels, args.seconds, tmp / "baseline.log")
+        all_variants = variants()
+        for name in args.variants or list(all_variants):
+            print(f"==> platform: serve run configs/local.yaml [{name}]", flush=True)
+            try:
+                table[name] = run_platform(triton, all_variants[name], args.levels, args.seconds, tmp, tmp / f"{name}.log")
+            except (RuntimeError, TimeoutError) as error:
+                print(f"    failed to start: {error} (log {tmp / f'{name}.log'})", flush=True)
+    finally:
+        triton.stop()
+
+    base = {r.concurrency: r for r in table["baseline"]}
+    print(f"\n/recommend, 20 candidates, k=5; {os.cpu_count()} cores, {platform.processor() or platform.machine()}, {args.seconds:g} s per level")
+    print("| server | concurrency | p50 ms | p95 ms | p99 ms | req/s | p50 vs baseline | req/s vs baseline |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, results in table.items():
+        for r in results:
+            b = base[r.concurrency]
+            print(
+                f"| {name} | {r.concurrency} | {r.p50_ms:.2f} | {r.p95_ms:.2f} | {r.p99_ms:.2f} | {r.rps:.0f} | "
+                f"{r.p50_ms / b.p50_ms:.2f}x | {r.rps / b.rps:.2f}x |"
+            )
+
+
+if __name__ == "__main__":
+    main()
