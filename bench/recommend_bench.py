@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.loadgen import Result, run  # noqa: E402
 from local_stack.bootstrap import ensure  # noqa: E402
 from local_stack.paths import PROJECT_ROOT, StackPaths  # noqa: E402
-from local_stack.ray_env import local_ray_env  # noqa: E402
+from local_stack.ray_env import local_ray_env, stop_haproxy  # noqa: E402
 from local_stack.triton_server import TritonServer  # noqa: E402
 from tests.servers import free_port, local_config  # noqa: E402
 
@@ -111,6 +112,7 @@ def run_platform(triton: TritonServer, env: dict[str, str], levels, seconds, tmp
         return measure(url, levels, seconds)
     finally:
         stop_group(process)
+        stop_haproxy(env)
 
 
 def main() -> None:
@@ -122,21 +124,24 @@ def main() -> None:
 
     paths = ensure()
     tmp = Path(tempfile.mkdtemp(prefix="sg-bench-"))
-    triton = TritonServer(paths.triton_repo, paths.triton_backends, free_port(), free_port(), free_port(), log_file=tmp / "triton.log")
+    logs = paths.logs / "bench"
+    logs.mkdir(parents=True, exist_ok=True)
+    triton = TritonServer(paths.triton_repo, paths.triton_backends, free_port(), free_port(), free_port(), log_file=logs / "triton.log")
     triton.start()
     table: dict[str, list[Result]] = {}
     try:
         print("==> baseline: FastAPI + uvicorn calling Feast and Triton directly", flush=True)
-        table["baseline"] = run_baseline(paths, triton, args.levels, args.seconds, tmp / "baseline.log")
+        table["baseline"] = run_baseline(paths, triton, args.levels, args.seconds, logs / "baseline.log")
         all_variants = variants()
         for name in args.variants or list(all_variants):
             print(f"==> platform: serve run configs/local.yaml [{name}]", flush=True)
             try:
-                table[name] = run_platform(triton, all_variants[name], args.levels, args.seconds, tmp, tmp / f"{name}.log")
+                table[name] = run_platform(triton, all_variants[name], args.levels, args.seconds, tmp, logs / f"{name}.log")
             except (RuntimeError, TimeoutError) as error:
-                print(f"    failed to start: {error} (log {tmp / f'{name}.log'})", flush=True)
+                print(f"    failed to start: {error} (log {logs / f'{name}.log'})", flush=True)
     finally:
         triton.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
     base = {r.concurrency: r for r in table["baseline"]}
     print(f"\n/recommend, 20 candidates, k=5; {os.cpu_count()} cores, {platform.processor() or platform.machine()}, {args.seconds:g} s per level")

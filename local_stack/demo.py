@@ -1,17 +1,23 @@
 """`make demo`: the recommend graph on the embedded stack.
 
-Checks the config, starts the local Triton, runs `serve run` on the config,
-waits for /readyz and prints where to send requests. Ctrl-C stops everything
-it started (by process group, nothing else).
+Checks the config, starts the local Triton and a one-node Ray cluster
+(`ray start --head --block`, so its Prometheus endpoint and dashboard have
+known ports), runs `serve run` of the config against it, waits for /readyz
+and prints where to send requests. Ctrl-C stops everything it started, each
+by its own process group.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +25,7 @@ from pathlib import Path
 
 from apps.check import ConfigError, check_file
 from local_stack.paths import PROJECT_ROOT, StackPaths
-from local_stack.ray_env import local_ray_env
+from local_stack.ray_env import local_ray_env, stop_haproxy
 from local_stack.triton_server import TritonServer
 
 EXAMPLE = {"user_id": 7, "item_ids": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], "k": 3}
@@ -42,11 +48,55 @@ def wait_ready(url: str, process: subprocess.Popen, timeout_s: float) -> dict:
     raise TimeoutError(f"{url} not ready after {timeout_s:.0f} s: {last}")
 
 
-def stop(process: subprocess.Popen, timeout_s: float = 30) -> None:
+def wait_port(port: int, process: subprocess.Popen, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"`ray start` exited with code {process.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"Ray head not listening on 127.0.0.1:{port} after {timeout_s:.0f} s")
+
+
+def private_cluster_env(env: dict[str, str], temp_dir: str) -> dict[str, str]:
+    """Token auth with a token of this cluster's own (Ray's default token file
+    is shared by every cluster of the user), for the head and its clients."""
+    token_path = Path(temp_dir) / "auth_token"
+    token_path.write_text(secrets.token_hex(32))
+    token_path.chmod(0o600)
+    return dict(env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
+
+
+def start_ray_head(env: dict[str, str], temp_dir: str, metrics_port: int, dashboard_port: int) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        gcs_port = sock.getsockname()[1]
+    command = [
+        str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+        "--node-ip-address=127.0.0.1", f"--port={gcs_port}", f"--temp-dir={temp_dir}",
+        f"--metrics-export-port={metrics_port}",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+        "--disable-usage-stats",
+    ]
+    # One node, nothing to drain to: stop at once on SIGTERM.
+    head_env = dict(env, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
+    process = subprocess.Popen(command, env=head_env, start_new_session=True, preexec_fn=_default_signals)
+    wait_port(gcs_port, process)
+    return process, f"127.0.0.1:{gcs_port}"
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None:
+    """SIGTERM to the process group, SIGKILL if it is still there after the timeout.
+
+    `serve run` is only a client of the demo's cluster, and the cluster goes
+    away with `ray start --block`, so no `serve shutdown` round is needed.
+    """
     if process.poll() is not None:
         return
     pgid = os.getpgid(process.pid)
-    os.killpg(pgid, signal.SIGINT)  # `serve run` shuts Serve and its local cluster down
+    os.killpg(pgid, sig)
     try:
         process.wait(timeout_s)
     except subprocess.TimeoutExpired:
@@ -69,6 +119,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", default="configs/local.yaml")
     parser.add_argument("--ready-timeout", type=float, default=180)
+    parser.add_argument("--metrics-port", type=int, default=8080, help="Ray's Prometheus endpoint")
+    parser.add_argument("--dashboard-port", type=int, default=8265)
     args = parser.parse_args()
     config_path = Path(args.config).resolve()
     try:
@@ -85,12 +137,18 @@ def main() -> None:
     triton.start()
     print(f"    ready: gRPC {triton.grpc_url}, HTTP {triton.http_url}, metrics {triton.metrics_url}", flush=True)
 
+    # A short private temp dir: Ray's socket paths must stay under 108 bytes,
+    # and the user's other clusters keep their /tmp/ray.
+    temp_dir = tempfile.mkdtemp(prefix="sg-ray-", dir="/tmp")
+    env = private_cluster_env(local_ray_env(), temp_dir)
+    print("==> starting a one-node Ray cluster", flush=True)
+    ray_head, address = start_ray_head(env, temp_dir, args.metrics_port, args.dashboard_port)
     serve_cli = Path(sys.executable).parent / "serve"
-    print(f"==> serve run {args.config}", flush=True)
+    print(f"==> serve run {args.config} (Ray at {address})", flush=True)
     serve_run = subprocess.Popen(
-        [str(serve_cli), "run", str(config_path)],
+        [str(serve_cli), "run", "--address", address, str(config_path)],
         cwd=PROJECT_ROOT,
-        env=local_ray_env(),
+        env=env,
         start_new_session=True,
         preexec_fn=_default_signals,
     )
@@ -100,14 +158,21 @@ def main() -> None:
         print(f"recommend graph ready on {base}  ({readiness['checks']['ranker']['detail']})")
         print(f"  curl -s {base}/recommend -H 'content-type: application/json' \\\n    -d '{json.dumps(EXAMPLE)}'")
         print(f"  curl -s {base}/readyz     # readiness of Feast, Triton, registry")
-        print(f"  OpenAPI docs: {base}/docs;  Ctrl-C stops Serve and Triton")
+        print(f"  OpenAPI docs: {base}/docs")
+        print(f"  metrics: http://127.0.0.1:{args.metrics_port}/metrics (ray_graph_node_latency_ms, ray_serve_*)")
+        print(f"  Ray dashboard: http://127.0.0.1:{args.dashboard_port}; this cluster's token: {env['RAY_AUTH_TOKEN_PATH']}")
+        print(f"    RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={env['RAY_AUTH_TOKEN_PATH']} serve status -a http://127.0.0.1:{args.dashboard_port}")
+        print("  Ctrl-C stops Serve, Ray and Triton")
         print("=" * 72 + "\n", flush=True)
         serve_run.wait()
     except KeyboardInterrupt:
         pass
     finally:
         print("==> stopping", flush=True)
-        stop(serve_run)
+        stop(serve_run, timeout_s=10)
+        stop(ray_head)
+        stop_haproxy(env)
+        shutil.rmtree(temp_dir, ignore_errors=True)
         triton.stop()
 
 

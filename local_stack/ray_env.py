@@ -68,3 +68,35 @@ def local_ray_env(base: dict[str, str] | None = None, fast_ingress: bool | None 
     if fast_ingress:
         env.update(fast_ingress_env())
     return env
+
+
+def stop_haproxy(env: dict[str, str]) -> list[int]:
+    """SIGTERM the HAProxy processes of one cluster (found by the private
+    files folder in their command line) and remove that folder.
+
+    HAProxy is started by a Serve actor in a session of its own, so it
+    outlives a cluster that is stopped without `serve shutdown`.
+    """
+    import shutil
+    import signal
+    from pathlib import Path
+
+    files = env.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
+    if not files:
+        return []
+    stopped = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if Path(argv[0]).name == "haproxy" and any(files in arg for arg in argv[1:]):
+            try:
+                os.kill(int(proc.name), signal.SIGTERM)
+                stopped.append(int(proc.name))
+            except ProcessLookupError:
+                pass
+    shutil.rmtree(files, ignore_errors=True)
+    return stopped

@@ -9,7 +9,7 @@ import tempfile
 
 import pytest
 
-from local_stack.ray_env import local_ray_env
+from local_stack.ray_env import local_ray_env, stop_haproxy
 
 # A private test cluster: no token shared with the user's other clusters.
 os.environ.update(local_ray_env())
@@ -61,6 +61,7 @@ def ray_cluster():
     yield {"metrics_url": f"http://127.0.0.1:{metrics_port}/metrics"}
     serve.shutdown()
     ray.shutdown()
+    stop_haproxy(os.environ)
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
