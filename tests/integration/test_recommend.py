@@ -105,3 +105,13 @@ def test_health_and_readiness(recommend_url):
         "ranker": True,
         "registry": True,
     }
+
+
+def test_feature_lookup_call_mode_follows_the_online_store(stack):
+    from deployments.feature_lookup import FeatureLookup, FeatureLookupConfig
+
+    repo = str(stack.feast_repo)
+    assert FeatureLookup(FeatureLookupConfig(repo_path=repo)).call == "inline"  # SQLite: local file read
+    assert FeatureLookup(FeatureLookupConfig(repo_path=repo, call="thread")).call == "thread"
+    with pytest.raises(ValueError, match="sqlite online store has no async read"):
+        FeatureLookup(FeatureLookupConfig(repo_path=repo, call="async"))

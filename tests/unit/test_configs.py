@@ -71,3 +71,4 @@ def test_check_cli_exit_codes(tmp_path):
     assert "applications[0].args.ranker.timout_s: Extra inputs are not permitted" in result.stderr
     good = subprocess.run([sys.executable, "-m", "apps.check", "configs/local.yaml"], capture_output=True, text=True, cwd=PROJECT_ROOT)
     assert good.returncode == 0, good.stderr
+
