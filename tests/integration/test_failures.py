@@ -87,7 +87,8 @@ def restore_config(serve_config, recommend_url):
     yield
     deploy(serve_config)
     deadline = time.monotonic() + 60
-    while set(serve.status().applications) != {"recommend"} and time.monotonic() < deadline:
+    expected = {app["name"] for app in serve_config["applications"]}
+    while set(serve.status().applications) != expected and time.monotonic() < deadline:
         time.sleep(0.5)
 
 

@@ -1,0 +1,103 @@
+"""LLM engines served by vLLM through `ray.serve.llm`, with models from the
+MLflow registry.
+
+A model is named by its registry name and alias (`models:/smollm2@champion`);
+the served model id is the registry name and the version is reported next to
+it. The engine settings are typed here and turned into a `ray.serve.llm`
+`LLMConfig`: vLLM engine arguments, CPU (this machine: `VLLM_CPU_*` settings,
+no GPU resources) or GPU (`accelerator_type`, `num_gpus` via placement).
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from deployments.registry import download_version, resolve_registry_uri
+
+
+class EngineArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_model_len: int = Field(512, ge=16, description="Longest prompt + completion, in tokens.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32", description="float32 on CPUs without AMX; bfloat16/float16 on GPUs."
+    )
+    tensor_parallel_size: int = Field(1, ge=1)
+    kv_cache_space_gib: float = Field(1.0, gt=0, description="CPU: VLLM_CPU_KVCACHE_SPACE (else vLLM reserves most of RAM).")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU: share of GPU memory for weights and KV cache.")
+    enforce_eager: bool = Field(True, description="No graph capture (CPU, fast start).")
+    max_num_seqs: int = Field(16, ge=1, description="Sequences batched together by the scheduler.")
+    seed: int = 0
+
+
+class LLMModelConfig(BaseModel):
+    """One served model: which registered version, on which engine and hardware."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="Registered MLflow model name; also the served model id.")
+    alias: str = Field("champion", min_length=1)
+    registry_uri: str = Field("sqlite:///.local/mlflow/mlflow.db")
+    accelerator: Literal["cpu", "gpu"] = "cpu"
+    accelerator_type: Optional[str] = Field(None, description="GPU type for scheduling, e.g. L4 or A10G (gpu only).")
+    engine: EngineArgs = Field(default_factory=EngineArgs)
+    num_replicas: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _accelerator_type_needs_gpu(self):
+        if self.accelerator == "cpu" and self.accelerator_type:
+            raise ValueError("accelerator_type is for accelerator: gpu")
+        return self
+
+
+class ResolvedModel(BaseModel):
+    name: str
+    alias: str
+    version: str
+    path: str
+
+
+def resolve(model: LLMModelConfig) -> ResolvedModel:
+    """Alias -> version -> a local copy of the Hugging Face folder."""
+    from mlflow import MlflowClient
+
+    uri = resolve_registry_uri(model.registry_uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    version = client.get_model_version_by_alias(model.name, model.alias)
+    path = download_version(model.registry_uri, model.name, str(version.version))
+    return ResolvedModel(name=model.name, alias=model.alias, version=str(version.version), path=str(path))
+
+
+def llm_config(model: LLMModelConfig, resolved: ResolvedModel) -> Any:
+    from ray.serve.llm import LLMConfig
+
+    engine = model.engine
+    engine_kwargs: dict[str, Any] = {
+        "max_model_len": engine.max_model_len,
+        "dtype": engine.dtype,
+        "tensor_parallel_size": engine.tensor_parallel_size,
+        "enforce_eager": engine.enforce_eager,
+        "max_num_seqs": engine.max_num_seqs,
+        "seed": engine.seed,
+    }
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    options: dict[str, Any] = {"num_replicas": model.num_replicas, "max_ongoing_requests": 64}
+    hardware: dict[str, Any]
+    if model.accelerator == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = f"{engine.kv_cache_space_gib:g}"
+        # The engine's threads use the cores; the replica itself reserves none,
+        # or Ray would hold back a whole node for it.
+        options["ray_actor_options"] = {"num_cpus": 0}
+        hardware = {"accelerator_config": {"kind": "cpu"}}
+    else:
+        engine_kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
+        hardware = {"accelerator_type": model.accelerator_type} if model.accelerator_type else {}
+    return LLMConfig(
+        model_loading_config={"model_id": model.name, "model_source": resolved.path},
+        engine_kwargs=engine_kwargs,
+        deployment_config=options,
+        runtime_env={"env_vars": env},
+        log_engine_metrics=True,
+        **hardware,
+    )

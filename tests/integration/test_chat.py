@@ -1,0 +1,111 @@
+"""The OpenAI-compatible API through the official `openai` client, on a real
+vLLM engine (the tiny Llama from the registry, greedy sampling)."""
+import httpx
+import openai
+import pytest
+
+MODEL = "tiny-llama"
+GREEDY = {"temperature": 0, "extra_body": {"ignore_eos": True}}
+
+
+@pytest.fixture(scope="module")
+def client(chat_url):
+    return openai.OpenAI(base_url=chat_url, api_key="not-needed-locally", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def registry(stack):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=stack.mlflow_uri, registry_uri=stack.mlflow_uri)
+
+
+def test_models_lists_the_registry_version(client, registry):
+    (model,) = client.models.list().data
+    assert model.id == MODEL
+    version = registry.get_model_version_by_alias(MODEL, "champion").version
+    assert model.metadata["registry"] == {"uri": f"models:/{MODEL}@champion", "version": str(version), "alias": "champion"}
+
+
+def test_chat_completion_counts_tokens_exactly(client):
+    response = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Recommend an item."}], max_tokens=12, **GREEDY
+    )
+    assert response.model == MODEL
+    assert response.choices[0].finish_reason == "length"
+    assert response.usage.completion_tokens == 12
+    assert response.usage.total_tokens == response.usage.prompt_tokens + 12
+    assert response.choices[0].message.content
+
+
+def test_completion_is_repeatable_under_greedy_sampling(client):
+    first = client.completions.create(model=MODEL, prompt="The user liked", max_tokens=10, **GREEDY)
+    second = client.completions.create(model=MODEL, prompt="The user liked", max_tokens=10, **GREEDY)
+    assert first.choices[0].text == second.choices[0].text
+    assert first.usage.completion_tokens == 10
+
+
+def test_streamed_completion_concatenates_to_the_unstreamed_text(client):
+    whole = client.completions.create(model=MODEL, prompt="Ray Serve composes", max_tokens=16, **GREEDY)
+    chunks = list(
+        client.completions.create(
+            model=MODEL, prompt="Ray Serve composes", max_tokens=16, stream=True, stream_options={"include_usage": True}, **GREEDY
+        )
+    )
+    text = "".join(choice.text for chunk in chunks for choice in chunk.choices)
+    assert text == whole.choices[0].text
+    assert len(chunks) > 2
+    assert chunks[-1].usage.completion_tokens == 16  # usage at stream end
+
+
+def test_streamed_chat_concatenates_to_the_unstreamed_text(client):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why this item?"}]
+    whole = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, **GREEDY)
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=12, stream=True, stream_options={"include_usage": True}, **GREEDY
+        )
+    )
+    text = "".join(choice.delta.content or "" for chunk in chunks for choice in chunk.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == 12
+
+
+def test_unknown_model_is_404_in_openai_error_format(chat_url):
+    response = httpx.post(
+        f"{chat_url}/chat/completions", json={"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}, timeout=30
+    )
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert "gpt-9" in error["message"]
+    assert error["type"] == "NotFoundError" and error["code"] == 404
+
+
+@pytest.mark.parametrize(
+    "change, parameter",
+    [
+        ({"max_tokens": -1}, "max_tokens"),
+        ({"temperature": 7}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+    ],
+)
+def test_invalid_parameters_are_400_naming_the_parameter(client, change, parameter):
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], **change)
+    assert raised.value.status_code == 400
+    assert parameter in str(raised.value.body or raised.value.message)
+
+
+def test_prompt_longer_than_max_model_len_is_400(client):
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.completions.create(model=MODEL, prompt="item " * 2000, max_tokens=4)
+    assert raised.value.status_code == 400
+    assert "512" in str(raised.value.message)  # the model's max_model_len
+
+
+def test_malformed_messages_are_400_naming_the_field(chat_url):
+    response = httpx.post(f"{chat_url}/chat/completions", json={"model": MODEL, "messages": [{"content": "no role"}]}, timeout=30)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"].startswith("messages[0]")
+    assert "role" in error["message"]
