@@ -12,11 +12,11 @@ without Ray); `Recommender` serves it as a Ray Serve deployment.
 import asyncio
 import time
 from datetime import datetime, timezone
-from typing import Annotated
+from typing import Annotated, Optional
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 from ray import serve
 from ray.serve import Application
 
@@ -24,11 +24,34 @@ from apps import http_errors
 from deployments.aggregate import top_k
 from deployments.errors import InvalidInput, NotFound
 from deployments.feature_lookup import FeatureLookup, FeatureLookupConfig
+from deployments.llm_client import LLMClient, LLMClientConfig, render, template_fields
 from deployments.metrics import NodeMetrics
 from deployments.registry import ServedModel, served
 from deployments.triton_model import TritonModel, TritonModelConfig
 
 GRAPH = "recommend"
+
+
+class ExplainConfig(BaseModel):
+    """A one-sentence explanation of the top item, from an LLM (a soft dependency)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    llm: LLMClientConfig
+    prompt_template: str = Field(
+        "In one sentence, tell a shopper why item {item_id} suits them. Item: price {item_features__price:.2f}, "
+        "popularity {item_features__popularity:.2f}. Shopper: age {user_features__age:.2f}.",
+        description="str.format template over item_id, score, user_id and the feature service's features (view__feature).",
+    )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _parses(cls, template: str) -> str:
+        try:
+            template_fields(template)
+        except ValueError as error:
+            raise ValueError(f"not a str.format template: {error}") from None
+        return template
 
 
 class RecommendArgs(BaseModel):
@@ -42,6 +65,7 @@ class RecommendArgs(BaseModel):
     unhealthy_after_s: float = Field(
         30.0, gt=0, description="check_health fails (Serve replaces the replica) once a backend is unreachable this long."
     )
+    explain: Optional[ExplainConfig] = Field(None, description="Explain the top item with an LLM; off when absent.")
 
 
 class RecommendRequest(BaseModel):
@@ -50,6 +74,7 @@ class RecommendRequest(BaseModel):
     user_id: StrictInt = Field(description="User to rank for.")
     item_ids: Annotated[list[StrictInt], Field(min_length=1, description="Candidate items to rank.")]
     k: StrictInt = Field(10, gt=0, description="How many items to return (at most len(item_ids)).")
+    explain: bool = Field(True, description="Ask for an explanation of the top item (when the graph has an LLM).")
 
 
 class ScoredItem(BaseModel):
@@ -58,10 +83,17 @@ class ScoredItem(BaseModel):
     feature_timestamp: datetime = Field(description="Event time of the item's features that were used.")
 
 
+class Explanation(BaseModel):
+    text: Optional[str] = Field(description="null when the LLM failed or timed out (it is a soft dependency).")
+    model: str
+    reason: Optional[str] = Field(None, description="Why there is no text.")
+
+
 class RecommendResponse(BaseModel):
     user_id: int
     items: list[ScoredItem]
     model: ServedModel
+    explanation: Optional[Explanation] = None
     feature_timestamps: dict[str, datetime] = Field(description="Event time of the user's features, by feature view.")
     latency_ms: dict[str, float] = Field(description="Per node, plus `total`.")
 
@@ -78,6 +110,12 @@ class RecommendGraph:
         self.features = FeatureLookup(args.features)
         self.ranker = TritonModel(args.ranker)
         self.metrics = NodeMetrics(GRAPH)
+        self.explainer = LLMClient(args.explain.llm) if args.explain else None
+        if args.explain:
+            allowed = {"item_id", "score", "user_id", *self.features.feature_names}
+            unknown_fields = sorted(template_fields(args.explain.prompt_template) - allowed)
+            if unknown_fields:
+                raise ValueError(f"explain.prompt_template refers to unknown fields {unknown_fields}; known: {sorted(allowed)}")
         unknown = sorted(set(self.ranker.ref.input_features) - set(self.features.feature_names))
         if not self.ranker.ref.input_features or unknown:
             raise ValueError(
@@ -110,14 +148,34 @@ class RecommendGraph:
                 ScoredItem(item_id=item, score=score, feature_timestamp=_utc(frame.view_timestamp("item_features", position[item])))
                 for item, score in best
             ]
+        explanation = None
+        if self.explainer is not None and request.explain and items:
+            with self.metrics.measure("explain", timings):
+                explanation = await self.explain(request, frame, position[items[0].item_id], items[0])
         timings["total"] = round((time.perf_counter() - started) * 1000.0, 3)
         return RecommendResponse(
+            explanation=explanation,
             user_id=request.user_id,
             items=items,
             model=served(self.ranker.ref),
             feature_timestamps={"user_features": _utc(frame.view_timestamp("user_features", 0))},
             latency_ms=timings,
         )
+
+    async def explain(self, request: RecommendRequest, frame, row: int, top: ScoredItem) -> Explanation:
+        """Soft dependency: any failure leaves the ranking intact, text null, reason given."""
+        values = {name: frame.values[name][row] for name in self.features.feature_names}
+        values.update(item_id=top.item_id, score=top.score, user_id=request.user_id)
+        model = self.args.explain.llm.model
+        try:
+            completion = await self.explainer.chat(render(self.args.explain.prompt_template, values))
+            return Explanation(text=completion.text.strip(), model=model)
+        except asyncio.TimeoutError:
+            self.metrics.count_error("explain", "timeout")
+            return Explanation(text=None, model=model, reason=f"timeout after {self.args.explain.llm.timeout_s:g} s")
+        except Exception as error:  # any LLM failure is soft here
+            self.metrics.count_error("explain", "llm_error")
+            return Explanation(text=None, model=model, reason=f"{type(error).__name__}: {str(error)[:200]}")
 
     async def ready(self) -> dict[str, tuple[bool, str]]:
         features, ranker = await asyncio.gather(self.features.ready(), self.ranker.ready())

@@ -99,7 +99,7 @@ def run_baseline(paths: StackPaths, triton: TritonServer, levels, seconds, log: 
 def run_platform(triton: TritonServer, env: dict[str, str], levels, seconds, tmp: Path, log: Path) -> list[Result]:
     port = free_port()
     config_file = tmp / f"serve-{port}.yaml"
-    config_file.write_text(yaml.safe_dump(local_config(port, triton.grpc_url)))
+    config_file.write_text(yaml.safe_dump(local_config(port, triton.grpc_url, only={"recommend"})))
     env = dict(env, RAY_AUTH_MODE="disabled")
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "serve"), "run", str(config_file)],

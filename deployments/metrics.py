@@ -41,6 +41,11 @@ class NodeMetrics:
         except ImportError:  # pragma: no cover - Ray is a dependency
             pass
 
+    def count_error(self, node: str, code: str) -> None:
+        """Count a failure that the graph absorbed (a soft dependency's)."""
+        if self._errors is not None:
+            self._errors.inc(tags={"graph": self.graph, "node": node, "error": code})
+
     @contextmanager
     def measure(self, node: str, timings: dict[str, float]) -> Iterator[None]:
         """Time a node call into `timings[node]` (ms); count its failure by code."""

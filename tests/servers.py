@@ -27,14 +27,24 @@ def load_config(path: Path = LOCAL_CONFIG) -> dict[str, Any]:
         return yaml.safe_load(handle)
 
 
-def local_config(http_port: int, triton_grpc: str, llm: str | None = None) -> dict[str, Any]:
+def local_config(http_port: int, triton_grpc: str, llm: str | None = None, only: set[str] | None = None) -> dict[str, Any]:
     """configs/local.yaml with the test's ports (and, given `llm`, that model
-    served by the chat app instead of the demo's), nothing else changed."""
+    served by the chat app instead of the demo's; given `only`, just those
+    applications, without LLM explanations if the chat app is left out)."""
     config = copy.deepcopy(load_config())
+    if only is not None:
+        config["applications"] = [app for app in config["applications"] if app["name"] in only]
+        if "chat" not in only:
+            for app in config["applications"]:
+                app.get("args", {}).pop("explain", None)
     config["http_options"]["port"] = http_port
     for app in config["applications"]:
         if "ranker" in app.get("args", {}):
             app["args"]["ranker"]["url"] = triton_grpc
+        if app.get("args", {}).get("explain"):
+            app["args"]["explain"]["llm"]["url"] = f"http://127.0.0.1:{http_port}/v1"
+            if llm:
+                app["args"]["explain"]["llm"]["model"] = llm
         if llm and "models" in app.get("args", {}):
             for model in app["args"]["models"]:
                 model["name"] = llm

@@ -15,7 +15,7 @@ async def burst(url: str, n: int) -> list[int]:
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
         responses = await asyncio.gather(
             *(
-                client.post(f"{url}/recommend", json={"user_id": 1 + i % 50, "item_ids": list(range(1 + i, 21 + i)), "k": 5})
+                client.post(f"{url}/recommend", json={"user_id": 1 + i % 50, "item_ids": list(range(1 + i, 21 + i)), "k": 5, "explain": False})
                 for i in range(n)
             )
         )

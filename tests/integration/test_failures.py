@@ -14,7 +14,7 @@ from ray import serve
 
 from tests.servers import deploy, free_port, wait_app, wait_http
 
-REQUEST = {"user_id": 5, "item_ids": [1, 2, 3, 4], "k": 2}
+REQUEST = {"user_id": 5, "item_ids": [1, 2, 3, 4], "k": 2, "explain": False}
 
 
 def timed_post(url: str) -> tuple[httpx.Response, float]:

@@ -56,7 +56,7 @@ def test_reports_the_registry_version_behind_the_alias(recommend_url, registry):
 def test_reports_feature_timestamps_and_node_latency(recommend_url, stack):
     import pandas as pd
 
-    body = httpx.post(f"{recommend_url}/recommend", json={"user_id": USER, "item_ids": ITEMS, "k": 3}, timeout=10).json()
+    body = httpx.post(f"{recommend_url}/recommend", json={"user_id": USER, "item_ids": ITEMS, "k": 3, "explain": False}, timeout=10).json()
     users = pd.read_parquet(stack.data / "users.parquet").set_index("user_id")
     items = pd.read_parquet(stack.data / "items.parquet").set_index("item_id")
     assert datetime.fromisoformat(body["feature_timestamps"]["user_features"]) == users.loc[USER, "event_timestamp"].to_pydatetime()

@@ -1,0 +1,98 @@
+"""The recommend graph asks the LLM to explain its top item; the LLM is a soft
+dependency: when it fails or times out the ranking still comes back."""
+import copy
+import socket
+import time
+
+import httpx
+import openai
+import pytest
+from ray import serve
+
+from apps.recommend import ExplainConfig
+from tests.servers import deploy, free_port, wait_app
+
+REQUEST = {"user_id": 11, "item_ids": [5, 6, 7, 8, 9], "k": 3}
+
+
+def expected_prompt(stack, user_id: int, item_id: int) -> str:
+    from feast import FeatureStore
+
+    store = FeatureStore(repo_path=str(stack.feast_repo))
+    row = store.get_online_features(
+        features=store.get_feature_service("ranking"), entity_rows=[{"user_id": user_id, "item_id": item_id}], full_feature_names=True
+    ).to_dict()
+    values = {name: column[0] for name, column in row.items()} | {"item_id": item_id, "user_id": user_id}
+    return ExplainConfig.model_fields["prompt_template"].default.format(**values)
+
+
+def test_explains_the_top_item_with_the_llm(recommend_url, chat_url, stack, serve_config):
+    response = httpx.post(f"{recommend_url}/recommend", json=REQUEST, timeout=60)
+    assert response.status_code == 200
+    body = response.json()
+    explanation = body["explanation"]
+    llm = serve_config["applications"][0]["args"]["explain"]["llm"]
+    assert explanation["model"] == llm["model"] and explanation["reason"] is None
+    assert body["latency_ms"]["explain"] > 0
+    # Greedy decoding: the same prompt sent straight to the chat API gives the same text.
+    top = body["items"][0]["item_id"]
+    direct = openai.OpenAI(base_url=chat_url, api_key="x", max_retries=0).chat.completions.create(
+        model=llm["model"],
+        messages=[{"role": "user", "content": expected_prompt(stack, REQUEST["user_id"], top)}],
+        max_tokens=llm["max_tokens"],
+        temperature=0,
+    )
+    assert explanation["text"] == direct.choices[0].message.content.strip()
+
+
+def test_explanation_can_be_skipped_per_request(recommend_url):
+    body = httpx.post(f"{recommend_url}/recommend", json={**REQUEST, "explain": False}, timeout=30).json()
+    assert body["explanation"] is None and "explain" not in body["latency_ms"]
+
+
+@pytest.fixture
+def silent_server():
+    """Accepts connections and never answers: an LLM that hangs."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+def test_llm_failure_and_timeout_leave_the_ranking(serve_config, recommend_url, silent_server):
+    config = copy.deepcopy(serve_config)
+    base = config["applications"][0]
+    for name, url, timeout_s in (
+        ("llm-down", f"http://127.0.0.1:{free_port()}/v1", 5.0),
+        ("llm-hangs", f"http://127.0.0.1:{silent_server}/v1", 0.5),
+    ):
+        app = copy.deepcopy(base)
+        app["name"], app["route_prefix"] = name, f"/{name}"
+        app["args"]["explain"]["llm"].update(url=url, timeout_s=timeout_s)
+        config["applications"].append(app)
+    deploy(config)
+    try:
+        for name in ("llm-down", "llm-hangs"):
+            wait_app(name, {"RUNNING"}, timeout_s=120)
+        reference = httpx.post(f"{recommend_url}/recommend", json={**REQUEST, "explain": False}, timeout=30).json()
+
+        down = httpx.post(f"{recommend_url}/llm-down/recommend", json=REQUEST, timeout=30)
+        assert down.status_code == 200
+        assert down.json()["items"] == reference["items"]
+        assert down.json()["explanation"]["text"] is None
+        assert "APIConnectionError" in down.json()["explanation"]["reason"]
+
+        started = time.monotonic()
+        hangs = httpx.post(f"{recommend_url}/llm-hangs/recommend", json=REQUEST, timeout=30)
+        elapsed = time.monotonic() - started
+        assert hangs.status_code == 200
+        assert hangs.json()["items"] == reference["items"]
+        assert hangs.json()["explanation"] == {"text": None, "model": base["args"]["explain"]["llm"]["model"], "reason": "timeout after 0.5 s"}
+        assert 0.5 <= elapsed < 2.0
+    finally:
+        deploy(serve_config)
+        deadline = time.monotonic() + 60
+        expected = {app["name"] for app in serve_config["applications"]}
+        while set(serve.status().applications) != expected and time.monotonic() < deadline:
+            time.sleep(0.5)
