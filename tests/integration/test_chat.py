@@ -109,3 +109,39 @@ def test_malformed_messages_are_400_naming_the_field(chat_url):
     error = response.json()["error"]
     assert error["param"].startswith("messages[0]")
     assert "role" in error["message"]
+
+
+def test_client_disconnect_mid_stream_aborts_the_request_in_the_engine(chat_url, ray_cluster):
+    """No generation goes on for nobody: after the client hangs up, the engine
+    stops. Unaborted, the tiny model would produce all 480 tokens within a few
+    seconds; the engine's own counters show it stopped near where we left."""
+    import time
+
+    from tests.servers import metric_sum, scrape
+
+    def engine():
+        text = scrape(ray_cluster["metrics_url"])
+        return (
+            metric_sum(text, "ray_vllm_generation_tokens_total", model_name=MODEL),
+            metric_sum(text, "ray_vllm_num_requests_running", model_name=MODEL),
+        )
+
+    started = time.monotonic()  # control: the whole generation, not abandoned
+    full = httpx.post(f"{chat_url}/completions", json={"model": MODEL, "prompt": "A long story:", "max_tokens": 480, "temperature": 0, "ignore_eos": True}, timeout=60)
+    assert full.json()["usage"]["completion_tokens"] == 480
+    assert time.monotonic() - started < 10, "the wait below would not outlast a full generation"
+
+    tokens_before, _ = engine()
+    body = {"model": MODEL, "prompt": "A long story:", "max_tokens": 480, "temperature": 0, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", f"{chat_url}/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        received = [next(lines) for _ in range(6)]
+    assert sum(line.startswith("data: ") for line in received) >= 2
+
+    time.sleep(15)  # longer than the whole generation would take, plus metric reports
+    tokens, running = engine()
+    generated = tokens - tokens_before
+    print(f"\nengine generated {generated:.0f} of 480 tokens before the abort")
+    assert 2 <= generated < 240
+    assert running == 0
