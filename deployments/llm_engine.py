@@ -69,9 +69,23 @@ def resolve(model: LLMModelConfig) -> ResolvedModel:
     return ResolvedModel(name=model.name, alias=model.alias, version=str(version.version), path=str(path))
 
 
+def check_cpu_memory(model: LLMModelConfig) -> None:
+    """A KV cache larger than the machine fails deep inside vLLM's engine
+    process, with the cause only in its log: say it here, naming the key."""
+    import psutil
+
+    total_gib = psutil.virtual_memory().total / 2**30
+    if model.accelerator == "cpu" and model.engine.kv_cache_space_gib >= total_gib:
+        raise ValueError(
+            f"models[{model.name}].engine.kv_cache_space_gib={model.engine.kv_cache_space_gib:g} does not fit in "
+            f"this node's {total_gib:.1f} GiB of memory"
+        )
+
+
 def llm_config(model: LLMModelConfig, resolved: ResolvedModel) -> Any:
     from ray.serve.llm import LLMConfig
 
+    check_cpu_memory(model)
     engine = model.engine
     engine_kwargs: dict[str, Any] = {
         "max_model_len": engine.max_model_len,
