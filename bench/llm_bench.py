@@ -1,0 +1,175 @@
+"""Benchmark LLM serving: the platform's chat app (ray.serve.llm on vLLM,
+`serve run`) against vLLM's own OpenAI server started directly, same tiny
+model from the registry, same engine settings, measured in the same run.
+
+    .venv/bin/python bench/llm_bench.py [--seconds 20]
+
+Streams completions (64 tokens, greedy, ignore_eos) with closed-loop clients
+at concurrency 1, 8 and 16; prints output tokens/s and time-to-first-token
+p50/p99, and the platform/direct ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.recommend_bench import stop_group  # noqa: E402
+from deployments.llm_engine import LLMModelConfig, resolve  # noqa: E402
+from local_stack.bootstrap import ensure  # noqa: E402
+from local_stack.paths import PROJECT_ROOT  # noqa: E402
+from local_stack.ray_env import local_ray_env, stop_haproxy  # noqa: E402
+from tests.servers import free_port, local_config  # noqa: E402
+
+MODEL = "tiny-llama"
+MAX_TOKENS = 64
+
+
+@dataclass
+class Result:
+    concurrency: int
+    requests: int
+    tokens: int
+    seconds: float
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+async def stream_one(client: httpx.AsyncClient, url: str, i: int) -> tuple[float, int]:
+    body = {"model": MODEL, "prompt": f"Request {i}: a story about items", "max_tokens": MAX_TOKENS, "temperature": 0,
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    started = time.perf_counter()
+    ttft, tokens = None, 0
+    async with client.stream("POST", url, json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if ttft is None and chunk.get("choices") and chunk["choices"][0].get("text"):
+                ttft = time.perf_counter() - started
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    return (ttft if ttft is not None else float("nan")), tokens
+
+
+async def run(url: str, concurrency: int, seconds: float) -> Result:
+    ttfts: list[float] = []
+    tokens = 0
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=concurrency)) as client:
+        await stream_one(client, url, -1)  # warm-up
+        deadline = time.perf_counter() + seconds
+
+        async def worker(w: int) -> None:
+            nonlocal tokens
+            i = 0
+            while time.perf_counter() < deadline:
+                ttft, n = await stream_one(client, url, w * 1000 + i)
+                ttfts.append(ttft)
+                tokens += n
+                i += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    p50, p99 = np.nanpercentile(np.array(ttfts) * 1000, [50, 99])
+    return Result(concurrency, len(ttfts), tokens, elapsed, float(p50), float(p99))
+
+
+def wait_ok(url: str, process: subprocess.Popen, timeout_s: float = 400) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    raise TimeoutError(url)
+
+
+def measure(name: str, url: str, levels: list[int], seconds: float) -> list[Result]:
+    results = []
+    for concurrency in levels:
+        r = asyncio.run(run(url, concurrency, seconds))
+        print(f"    {name} c={concurrency:<3} {r.tokens_per_s:7.1f} tok/s  TTFT p50 {r.ttft_p50_ms:7.1f} ms  p99 {r.ttft_p99_ms:7.1f} ms  ({r.requests} requests)", flush=True)
+        results.append(r)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 16])
+    args = parser.parse_args()
+    paths = ensure()
+    logs = paths.logs / "bench"
+    logs.mkdir(parents=True, exist_ok=True)
+    config = local_config(free_port(), "127.0.0.1:1", llm=MODEL, only={"chat"})
+    engine = LLMModelConfig.model_validate(config["applications"][0]["args"]["models"][0]).engine
+    folder = resolve(LLMModelConfig(name=MODEL)).path
+    table: dict[str, list[Result]] = {}
+
+    print("==> vLLM's OpenAI server, started directly", flush=True)
+    port = free_port()
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=f"{engine.kv_cache_space_gib:g}", HF_HUB_OFFLINE="1")
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder, "--served-model-name", MODEL,
+               "--host", "127.0.0.1", "--port", str(port), "--dtype", engine.dtype, "--max-model-len", str(engine.max_model_len),
+               "--max-num-seqs", str(engine.max_num_seqs), "--seed", str(engine.seed)]
+    command += ["--enforce-eager"] if engine.enforce_eager else []
+    direct = subprocess.Popen(command, env=env, stdout=open(logs / "vllm-direct.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_ok(f"http://127.0.0.1:{port}/v1/models", direct)
+        table["vllm-direct"] = measure("vllm-direct", f"http://127.0.0.1:{port}/v1/completions", args.levels, args.seconds)
+    finally:
+        stop_group(direct, signal.SIGTERM)
+
+    print("==> platform: serve run (chat app, ray.serve.llm)", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        config_file = Path(tmp) / "chat.yaml"
+        config_file.write_text(yaml.safe_dump(config))
+        env = dict(local_ray_env(), RAY_AUTH_MODE="disabled")
+        platform = subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", str(config_file)], cwd=PROJECT_ROOT, env=env,
+                                    stdout=open(logs / "llm-platform.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        base = f"http://127.0.0.1:{config['http_options']['port']}/v1"
+        try:
+            wait_ok(f"{base}/models", platform)
+            table["platform"] = measure("platform", f"{base}/completions", args.levels, args.seconds)
+        finally:
+            stop_group(platform)
+            stop_haproxy(env)
+
+    direct_by_c = {r.concurrency: r for r in table["vllm-direct"]}
+    print(f"\nstreamed completions, {MAX_TOKENS} tokens, greedy, {MODEL} ({engine.dtype}, max_num_seqs {engine.max_num_seqs}); {os.cpu_count()} cores, {args.seconds:g} s per level")
+    print("| server | concurrency | output tok/s | TTFT p50 ms | TTFT p99 ms | tok/s vs direct | TTFT p50 overhead |")
+    print("|---|---|---|---|---|---|---|")
+    for name, results in table.items():
+        for r in results:
+            d = direct_by_c[r.concurrency]
+            print(f"| {name} | {r.concurrency} | {r.tokens_per_s:.0f} | {r.ttft_p50_ms:.1f} | {r.ttft_p99_ms:.1f} | "
+                  f"{r.tokens_per_s / d.tokens_per_s:.2f}x | {r.ttft_p50_ms - d.ttft_p50_ms:+.1f} ms |")
+
+
+if __name__ == "__main__":
+    main()
