@@ -28,10 +28,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.recommend_bench import stop_group  # noqa: E402
 from deployments.llm_engine import LLMModelConfig, resolve  # noqa: E402
 from local_stack.bootstrap import ensure  # noqa: E402
 from local_stack.paths import PROJECT_ROOT  # noqa: E402
+from local_stack.processes import default_sigint, stop_group  # noqa: E402
 from local_stack.ray_env import local_ray_env, stop_haproxy  # noqa: E402
 from tests.servers import free_port, local_config  # noqa: E402
 
@@ -151,13 +151,13 @@ def main() -> None:
         env = dict(local_ray_env(), RAY_AUTH_MODE="disabled")
         platform = subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", str(config_file)], cwd=PROJECT_ROOT, env=env,
                                     stdout=open(logs / "llm-platform.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
-                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                                    preexec_fn=default_sigint)
         base = f"http://127.0.0.1:{config['http_options']['port']}/v1"
         try:
             wait_ok(f"{base}/models", platform)
             table["platform"] = measure("platform", f"{base}/completions", args.levels, args.seconds)
         finally:
-            stop_group(platform)
+            stop_group(platform, signal.SIGINT, timeout_s=40)
             stop_haproxy(env)
 
     direct_by_c = {r.concurrency: r for r in table["vllm-direct"]}

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.loadgen import Result, run  # noqa: E402
 from local_stack.bootstrap import ensure  # noqa: E402
 from local_stack.paths import PROJECT_ROOT, StackPaths  # noqa: E402
+from local_stack.processes import default_sigint, stop_group  # noqa: E402
 from local_stack.ray_env import local_ray_env, stop_haproxy  # noqa: E402
 from local_stack.triton_server import TritonServer  # noqa: E402
 from tests.servers import free_port, local_config  # noqa: E402
@@ -42,18 +43,6 @@ def variants() -> dict[str, dict[str, str]]:
         "serve-throughput-optimized": local_ray_env(fast_ingress=False) | {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
         "serve-throughput-optimized-haproxy": local_ray_env(fast_ingress=True),
     }
-
-
-def stop_group(process: subprocess.Popen, sig=signal.SIGINT, timeout_s: float = 40) -> None:
-    if process.poll() is not None:
-        return
-    pgid = os.getpgid(process.pid)
-    os.killpg(pgid, sig)
-    try:
-        process.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(pgid, signal.SIGKILL)
-        process.wait()
 
 
 def wait_ok(url: str, process: subprocess.Popen, timeout_s: float = 180) -> None:
@@ -104,14 +93,14 @@ def run_platform(triton: TritonServer, env: dict[str, str], levels, seconds, tmp
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "serve"), "run", str(config_file)],
         cwd=PROJECT_ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=default_sigint,
     )
     try:
         url = f"http://127.0.0.1:{port}/recommend"
         wait_ok(url, process)
         return measure(url, levels, seconds)
     finally:
-        stop_group(process)
+        stop_group(process, signal.SIGINT, timeout_s=40)  # serve run shuts its own cluster down
         stop_haproxy(env)
 
 

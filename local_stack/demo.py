@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import shutil
 import signal
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from apps.check import ConfigError, check_file
 from local_stack.paths import PROJECT_ROOT, StackPaths
+from local_stack.processes import default_sigint, stop_group
 from local_stack.ray_env import local_ray_env, stop_haproxy
 from local_stack.triton_server import TritonServer
 
@@ -83,31 +83,9 @@ def start_ray_head(env: dict[str, str], temp_dir: str, metrics_port: int, dashbo
     ]
     # One node, nothing to drain to: stop at once on SIGTERM.
     head_env = dict(env, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
-    process = subprocess.Popen(command, env=head_env, start_new_session=True, preexec_fn=_default_signals)
+    process = subprocess.Popen(command, env=head_env, start_new_session=True, preexec_fn=default_sigint)
     wait_port(gcs_port, process)
     return process, f"127.0.0.1:{gcs_port}"
-
-
-def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None:
-    """SIGTERM to the process group, SIGKILL if it is still there after the timeout.
-
-    `serve run` is only a client of the demo's cluster, and the cluster goes
-    away with `ray start --block`, so no `serve shutdown` round is needed.
-    """
-    if process.poll() is not None:
-        return
-    pgid = os.getpgid(process.pid)
-    os.killpg(pgid, sig)
-    try:
-        process.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(pgid, signal.SIGKILL)
-        process.wait()
-
-
-def _default_signals() -> None:
-    """A shell's background job starts with SIGINT ignored; let Ctrl-C work anyway."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _interrupt(*_) -> None:
@@ -151,7 +129,7 @@ def main() -> None:
         cwd=PROJECT_ROOT,
         env=env,
         start_new_session=True,
-        preexec_fn=_default_signals,
+        preexec_fn=default_sigint,
     )
     try:
         readiness = wait_ready(f"{base}/readyz", serve_run, args.ready_timeout)
@@ -176,8 +154,10 @@ def main() -> None:
         pass
     finally:
         print("==> stopping", flush=True)
-        stop(serve_run, timeout_s=10)
-        stop(ray_head)
+        # `serve run` is only a client of the demo's cluster, and the cluster
+        # goes away with `ray start --block`: no `serve shutdown` round needed.
+        stop_group(serve_run, timeout_s=10)
+        stop_group(ray_head)
         stop_haproxy(env)
         shutil.rmtree(temp_dir, ignore_errors=True)
         triton.stop()
