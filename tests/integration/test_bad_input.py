@@ -3,8 +3,11 @@ import httpx
 import pytest
 
 
-def post(url, **kwargs):
-    return httpx.post(f"{url}/recommend", timeout=10, **kwargs)
+def post(url, json=None, **kwargs):
+    """Input validation only: no LLM explanation (it may still be starting)."""
+    if isinstance(json, dict):
+        json = {**json, "explain": False}
+    return httpx.post(f"{url}/recommend", json=json, timeout=30, **kwargs)
 
 
 def fields(response):

@@ -39,7 +39,7 @@ def test_triton_batches_concurrent_requests(recommend_url, triton):
 
 
 def test_node_metrics_on_rays_prometheus_endpoint(recommend_url, ray_cluster):
-    httpx.post(f"{recommend_url}/recommend", json={"user_id": 3, "item_ids": [1, 2, 3]}, timeout=10).raise_for_status()
+    httpx.post(f"{recommend_url}/recommend", json={"user_id": 3, "item_ids": [1, 2, 3], "explain": False}, timeout=10).raise_for_status()
     assert httpx.post(f"{recommend_url}/recommend", json={"user_id": 3, "item_ids": [123_456]}, timeout=10).status_code == 404
     deadline = time.monotonic() + 60
     text = ""
