@@ -38,6 +38,9 @@ class ExplainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     llm: LLMClientConfig
+    cooldown_s: float = Field(
+        5.0, ge=0, description="After an LLM failure, skip explanations this long instead of waiting out timeouts."
+    )
     prompt_template: str = Field(
         "In one sentence, tell a shopper why item {item_id} suits them. Item: price {item_features__price:.2f}, "
         "popularity {item_features__popularity:.2f}. Shopper: age {user_features__age:.2f}.",
@@ -111,6 +114,8 @@ class RecommendGraph:
         self.ranker = TritonModel(args.ranker)
         self.metrics = NodeMetrics(GRAPH)
         self.explainer = LLMClient(args.explain.llm) if args.explain else None
+        self._llm_failed_at: float | None = None
+        self._llm_failure = ""
         if args.explain:
             allowed = {"item_id", "score", "user_id", *self.features.feature_names}
             unknown_fields = sorted(template_fields(args.explain.prompt_template) - allowed)
@@ -167,15 +172,26 @@ class RecommendGraph:
         values = {name: frame.values[name][row] for name in self.features.feature_names}
         values.update(item_id=top.item_id, score=top.score, user_id=request.user_id)
         model = self.args.explain.llm.model
+        if self._llm_failed_at is not None:
+            ago = time.monotonic() - self._llm_failed_at
+            if ago < self.args.explain.cooldown_s:
+                self.metrics.count_error("explain", "skipped")
+                return Explanation(text=None, model=model, reason=f"skipped: the LLM failed {ago:.1f} s ago ({self._llm_failure})")
         try:
             completion = await self.explainer.chat(render(self.args.explain.prompt_template, values))
-            return Explanation(text=completion.text.strip(), model=model)
         except asyncio.TimeoutError:
-            self.metrics.count_error("explain", "timeout")
-            return Explanation(text=None, model=model, reason=f"timeout after {self.args.explain.llm.timeout_s:g} s")
+            return self._llm_failed(model, "timeout", f"timeout after {self.args.explain.llm.timeout_s:g} s")
         except Exception as error:  # any LLM failure is soft here
-            self.metrics.count_error("explain", "llm_error")
-            return Explanation(text=None, model=model, reason=f"{type(error).__name__}: {str(error)[:200]}")
+            return self._llm_failed(model, "llm_error", f"{type(error).__name__}: {str(error)[:200]}")
+        self._llm_failed_at = None
+        return Explanation(text=completion.text.strip(), model=model)
+
+    def _llm_failed(self, model: str, code: str, reason: str) -> Explanation:
+        """Remember the failure: for `cooldown_s` requests skip the LLM rather
+        than each waiting out the same timeout."""
+        self.metrics.count_error("explain", code)
+        self._llm_failed_at, self._llm_failure = time.monotonic(), reason
+        return Explanation(text=None, model=model, reason=reason)
 
     async def ready(self) -> dict[str, tuple[bool, str]]:
         features, ranker = await asyncio.gather(self.features.ready(), self.ranker.ready())

@@ -70,6 +70,7 @@ def test_llm_failure_and_timeout_leave_the_ranking(serve_config, recommend_url, 
         app = copy.deepcopy(base)
         app["name"], app["route_prefix"] = name, f"/{name}"
         app["args"]["explain"]["llm"].update(url=url, timeout_s=timeout_s)
+        app["args"]["explain"]["cooldown_s"] = 30
         config["applications"].append(app)
     deploy(config)
     try:
@@ -90,6 +91,14 @@ def test_llm_failure_and_timeout_leave_the_ranking(serve_config, recommend_url, 
         assert hangs.json()["items"] == reference["items"]
         assert hangs.json()["explanation"] == {"text": None, "model": base["args"]["explain"]["llm"]["model"], "reason": "timeout after 0.5 s"}
         assert 0.5 <= elapsed < 2.0
+
+        # Within the cooldown the graph does not wait on the hanging LLM again.
+        started = time.monotonic()
+        again = httpx.post(f"{recommend_url}/llm-hangs/recommend", json=REQUEST, timeout=30)
+        assert time.monotonic() - started < 0.5
+        assert again.json()["items"] == reference["items"]
+        assert again.json()["explanation"]["reason"].startswith("skipped: the LLM failed")
+        assert "(timeout after 0.5 s)" in again.json()["explanation"]["reason"]
     finally:
         deploy(serve_config)
         deadline = time.monotonic() + 60
