@@ -33,7 +33,7 @@ from local_stack.bootstrap import ensure  # noqa: E402
 from local_stack.paths import PROJECT_ROOT  # noqa: E402
 from local_stack.processes import default_sigint, stop_group  # noqa: E402
 from local_stack.ray_env import local_ray_env, stop_haproxy  # noqa: E402
-from tests.servers import free_port, local_config  # noqa: E402
+from local_stack.serve_configs import free_port, local_config  # noqa: E402
 
 MODEL = "tiny-llama"
 MAX_TOKENS = 64

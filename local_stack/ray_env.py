@@ -7,8 +7,9 @@ inherit them), so they are set on the process that starts the cluster:
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
+
+from local_stack.serve_configs import free_port
 
 # Keep Ray's own servers on loopback, run replicas at normal priority (Ray's
 # default nice 15 cost 35% throughput here), keep vendors' telemetry off.
@@ -19,12 +20,6 @@ LOCAL_RAY_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "FEAST_USAGE": "False",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def fast_ingress_env() -> dict[str, str]:
@@ -47,10 +42,10 @@ def fast_ingress_env() -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{files}/admin.sock",
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": files,
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{files}/server-state",
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
     }
 
 

@@ -1,55 +1,13 @@
-"""Helpers for the servers the tests start: free loopback ports, Serve
+"""Helpers for the servers the tests start: Serve
 deploys of config files (the code path of `serve run` / `serve deploy`)."""
 from __future__ import annotations
 
-import copy
-import socket
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
-from deployments.paths import PROJECT_ROOT
-
-LOCAL_CONFIG = PROJECT_ROOT / "configs" / "local.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def load_config(path: Path = LOCAL_CONFIG) -> dict[str, Any]:
-    with open(path) as handle:
-        return yaml.safe_load(handle)
-
-
-def local_config(http_port: int, triton_grpc: str, llm: str | None = None, only: set[str] | None = None) -> dict[str, Any]:
-    """configs/local.yaml with the test's ports (and, given `llm`, that model
-    served by the chat app instead of the demo's; given `only`, just those
-    applications, without LLM explanations if the chat app is left out)."""
-    config = copy.deepcopy(load_config())
-    if only is not None:
-        config["applications"] = [app for app in config["applications"] if app["name"] in only]
-        if "chat" not in only:
-            for app in config["applications"]:
-                app.get("args", {}).pop("explain", None)
-    config["http_options"]["port"] = http_port
-    for app in config["applications"]:
-        if "ranker" in app.get("args", {}):
-            app["args"]["ranker"]["url"] = triton_grpc
-        if app.get("args", {}).get("explain"):
-            app["args"]["explain"]["llm"]["url"] = f"http://127.0.0.1:{http_port}/v1"
-            if llm:
-                app["args"]["explain"]["llm"]["model"] = llm
-        if llm and "models" in app.get("args", {}):
-            for model in app["args"]["models"]:
-                model["name"] = llm
-                model["engine"]["max_model_len"] = 512
-    return config
+from local_stack.serve_configs import LOCAL_CONFIG, free_port, load_config, local_config  # noqa: F401 (re-exported)
 
 
 def deploy(config: dict[str, Any]) -> None:
