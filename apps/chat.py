@@ -1,25 +1,35 @@
-"""An OpenAI-compatible API for vLLM engines, models from the MLflow registry.
+"""An OpenAI-compatible API for one vLLM engine, its model from the MLflow registry.
 
-`serve run configs/local.yaml` serves it under `/v1`:
+`serve run configs/local.yaml` serves it at the root, like vLLM's own server:
 
     GET  /v1/models                 what is loaded, and which registry version
     POST /v1/chat/completions       (stream: true for server-sent events)
     POST /v1/completions
+    GET  /health                    vLLM's engine check
+    GET  /readyz                    ready, with the model's registry version
 
-The OpenAI surface, the engine replicas and request streaming are
-`ray.serve.llm`'s (OpenAiIngress + LLMServer on vLLM); this module resolves
-the models from the registry and reports their versions.
+The replica is `ray.serve.llm`'s LLMServer serving vLLM's own OpenAI app
+(direct streaming): HAProxy forwards each request straight to the replica
+that runs the engine, so tokens stream without an extra ingress hop, and the
+OpenAI surface (validation, error format, streaming, usage, aborts on
+disconnect) is vLLM's. This module adds the registry: the model is resolved
+from `models:/<name>@<alias>` and `/v1/models` names the version.
+
+One app serves one model, as one vLLM server does; serve several models as
+several apps, each under its own `route_prefix` (base URL `<prefix>/v1`).
 """
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict
 from ray import serve
+from ray.llm._internal.serve.core.server.llm_server import LLMServer
 from ray.serve import Application
 from ray.serve.llm import build_llm_deployment
-from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 
-from apps import openai_errors
-from deployments.llm_engine import LLMModelConfig, llm_config, resolve
+from deployments.llm_engine import LLMModelConfig, llm_config, registry_source, resolve
 
 
 class ChatArgs(BaseModel):
@@ -27,51 +37,44 @@ class ChatArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    models: list[LLMModelConfig] = Field(min_length=1, description="Models to serve, one engine deployment each.")
+    model: LLMModelConfig
 
 
-class RegistryIngress(OpenAiIngress):
-    """OpenAiIngress whose model list names the registry version of each model."""
+class RegistryLLMServer(LLMServer):
+    """LLMServer as the app's ingress: vLLM's OpenAI app plus the registry."""
 
-    def __init__(self, *args, registry: dict[str, dict[str, str]], **kwargs):
-        super().__init__(*args, **kwargs)
+    async def __init__(self, llm_config: Any, *, registry: dict[str, str], **kwargs):
         self._registry = registry
+        await super().__init__(llm_config, **kwargs)
 
-    async def models(self):
-        listing = await super().models()
-        for card in listing.data:
-            source = self._registry.get(card.id)
-            if source:
-                card.metadata = {**(card.metadata or {}), "registry": source}
-        return listing
+    async def __serve_build_asgi_app__(self):
+        app = await super().__serve_build_asgi_app__()
+        # Ahead of vLLM's own /v1/models, which knows nothing of the registry.
+        app.router.routes.insert(0, APIRoute("/v1/models", self._models, methods=["GET"]))
+        app.router.routes.insert(0, APIRoute("/readyz", self._ready, methods=["GET"]))
+        return app
 
+    async def _models(self, request: Request) -> JSONResponse:
+        listing = (await request.app.state.openai_serving_models.show_available_models()).model_dump()
+        for card in listing["data"]:
+            if card["id"] == self._llm_config.model_id:
+                card["metadata"] = {"registry": self._registry}
+        return JSONResponse(listing)
 
-# Routes without the /v1 prefix: the application's route_prefix is /v1, so
-# /v1/... goes to this app and everything else to the other graphs.
-ENDPOINTS = {
-    "models": lambda app: app.get("/models"),
-    "model_data": lambda app: app.get("/models/{model:path}"),
-    "completions": lambda app: app.post("/completions"),
-    "chat": lambda app: app.post("/chat/completions"),
-}
+    async def _ready(self) -> JSONResponse:
+        try:
+            await self.engine.check_health()
+        except Exception as error:  # the engine process died or stalls
+            return JSONResponse({"ready": False, "reason": f"engine: {type(error).__name__}: {error}"}, status_code=503)
+        return JSONResponse({"ready": True, "model": self._llm_config.model_id, "registry": self._registry})
 
 
 def build(args: ChatArgs) -> Application:
     args = ChatArgs.model_validate(args)
-    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
-
-    deployments: dict[str, Any] = {}
-    cards: dict[str, Any] = {}
-    registry: dict[str, dict[str, str]] = {}
-    for model in args.models:
-        resolved = resolve(model)
-        config = llm_config(model, resolved)
-        deployments[model.name] = build_llm_deployment(config, name_prefix=f"{model.name}:")
-        cards[model.name] = to_model_metadata(model.name, config)
-        registry[model.name] = {"uri": f"models:/{model.name}@{model.alias}", "version": resolved.version, "alias": model.alias}
-    from ray.llm._internal.serve.core.ingress.ingress import init as ingress_app
-
-    ingress = make_fastapi_ingress(RegistryIngress, endpoint_map=ENDPOINTS, app=openai_errors.install(ingress_app()))
-    return serve.deployment(ingress, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0}).bind(
-        llm_deployments=deployments, model_cards=cards, registry=registry
+    resolved = resolve(args.model)
+    return build_llm_deployment(
+        llm_config(args.model, resolved),
+        name_prefix="LLMServer:",
+        bind_kwargs={"registry": registry_source(args.model, resolved)},
+        deployment_cls=serve.ingress()(RegistryLLMServer),
     )

@@ -36,3 +36,18 @@ def install(app: FastAPI) -> FastAPI:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     return app
+
+
+class PrefixRoot:
+    """ASGI middleware: a request for the app's route prefix itself
+    (`POST /recommend` under `route_prefix: /recommend`) reaches the app's
+    "/" route instead of Starlette's 307 redirect to `/recommend/`, which
+    clients that POST do not follow."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope.get("root_path") and scope["path"] == scope["root_path"]:
+            scope = {**scope, "path": scope["path"] + "/", "raw_path": scope["path"].encode() + b"/"}
+        await self.app(scope, receive, send)

@@ -1,10 +1,10 @@
 """The recommend graph: Feast features -> Triton ranker -> top-k.
 
-`serve run configs/local.yaml` serves it:
+`serve run configs/local.yaml` serves it under its route prefix, /recommend:
 
-    POST /recommend  {"user_id": 7, "item_ids": [1, 2, 3], "k": 2}
-    GET  /healthz    live
-    GET  /readyz     ready when Feast, the Triton model and the registry are
+    POST /recommend          {"user_id": 7, "item_ids": [1, 2, 3], "k": 2}
+    GET  /recommend/healthz  live
+    GET  /recommend/readyz   ready when Feast, the Triton model and the registry are
 
 `RecommendGraph` is the graph as a plain async class (usable in a notebook
 without Ray); `Recommender` serves it as a Ray Serve deployment.
@@ -12,7 +12,7 @@ without Ray); `Recommender` serves it as a Ray Serve deployment.
 import asyncio
 import time
 from datetime import datetime, timezone
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -24,7 +24,7 @@ from apps import http_errors
 from deployments.aggregate import top_k
 from deployments.errors import InvalidInput, NotFound
 from deployments.feature_lookup import FeatureLookup, FeatureLookupConfig
-from deployments.llm_client import LLMClient, LLMClientConfig, render, template_fields
+from deployments.llm_node import EmbeddedLLMConfig, LLMNodeConfig, llm_node, render, template_fields
 from deployments.metrics import NodeMetrics
 from deployments.registry import ServedModel, served
 from deployments.triton_model import TritonModel, TritonModelConfig
@@ -37,7 +37,7 @@ class ExplainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    llm: LLMClientConfig
+    llm: LLMNodeConfig = Field(description="mode: remote (an OpenAI-compatible URL) or embedded (an engine in this app).")
     cooldown_s: float = Field(
         5.0, ge=0, description="After an LLM failure, skip explanations this long instead of waiting out timeouts."
     )
@@ -108,12 +108,12 @@ def _utc(epoch_s: int) -> datetime:
 class RecommendGraph:
     """Feast lookup -> Triton ranker -> top-k, as a plain async object."""
 
-    def __init__(self, args: RecommendArgs):
+    def __init__(self, args: RecommendArgs, llm_handle: Any = None):
         self.args = args
         self.features = FeatureLookup(args.features)
         self.ranker = TritonModel(args.ranker)
         self.metrics = NodeMetrics(GRAPH)
-        self.explainer = LLMClient(args.explain.llm) if args.explain else None
+        self.explainer = llm_node(args.explain.llm, llm_handle) if args.explain else None
         self._llm_failed_at: float | None = None
         self._llm_failure = ""
         if args.explain:
@@ -171,7 +171,7 @@ class RecommendGraph:
         """Soft dependency: any failure leaves the ranking intact, text null, reason given."""
         values = {name: frame.values[name][row] for name in self.features.feature_names}
         values.update(item_id=top.item_id, score=top.score, user_id=request.user_id)
-        model = self.args.explain.llm.model
+        model = self.args.explain.llm.model_name
         if self._llm_failed_at is not None:
             ago = time.monotonic() - self._llm_failed_at
             if ago < self.args.explain.cooldown_s:
@@ -200,17 +200,19 @@ class RecommendGraph:
 
 
 api = http_errors.install(FastAPI(title="recommend", description=__doc__))
+api.add_middleware(http_errors.PrefixRoot)
 
 
 @serve.deployment(max_ongoing_requests=64, health_check_period_s=5, health_check_timeout_s=10)
 @serve.ingress(api)
 class Recommender:
-    def __init__(self, args: RecommendArgs | dict):
-        # Config deploys hand the bound args over as a plain dict.
-        self.graph = RecommendGraph(RecommendArgs.model_validate(args))
+    def __init__(self, args: RecommendArgs | dict, llm: Any = None):
+        # Config deploys hand the bound args over as a plain dict; `llm` is the
+        # embedded engine's DeploymentHandle (explain.llm.mode: embedded).
+        self.graph = RecommendGraph(RecommendArgs.model_validate(args), llm_handle=llm)
         self._last_ready = time.monotonic()
 
-    @api.post("/recommend", response_model=RecommendResponse)
+    @api.post("/", response_model=RecommendResponse)
     async def recommend(self, request: RecommendRequest) -> RecommendResponse:
         return await self.graph.recommend(request)
 
@@ -245,4 +247,13 @@ class Recommender:
 def build(args: RecommendArgs) -> Application:
     """Serve validates the config's `args` against the annotation (so a bad key
     fails the build, naming its path) and calls this with the model."""
-    return Recommender.bind(RecommendArgs.model_validate(args))
+    args = RecommendArgs.model_validate(args)
+    llm = args.explain.llm if args.explain else None
+    if isinstance(llm, EmbeddedLLMConfig):
+        from ray.serve.llm import build_llm_deployment
+
+        from deployments.llm_engine import llm_config, resolve
+
+        engine = build_llm_deployment(llm_config(llm.engine, resolve(llm.engine)), name_prefix="ExplainLLM:")
+        return Recommender.bind(args, llm=engine)
+    return Recommender.bind(args)

@@ -126,7 +126,7 @@ def main() -> None:
     logs = paths.logs / "bench"
     logs.mkdir(parents=True, exist_ok=True)
     config = local_config(free_port(), "127.0.0.1:1", llm=MODEL, only={"chat"})
-    engine = LLMModelConfig.model_validate(config["applications"][0]["args"]["models"][0]).engine
+    engine = LLMModelConfig.model_validate(config["applications"][0]["args"]["model"]).engine
     folder = resolve(LLMModelConfig(name=MODEL)).path
     table: dict[str, list[Result]] = {}
 

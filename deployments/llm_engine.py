@@ -69,6 +69,11 @@ def resolve(model: LLMModelConfig) -> ResolvedModel:
     return ResolvedModel(name=model.name, alias=model.alias, version=str(version.version), path=str(path))
 
 
+def registry_source(model: LLMModelConfig, resolved: ResolvedModel) -> dict[str, str]:
+    """Where a served model came from, as `/v1/models` and the graph report it."""
+    return {"uri": f"models:/{model.name}@{model.alias}", "version": resolved.version, "alias": model.alias}
+
+
 def check_cpu_memory(model: LLMModelConfig) -> None:
     """A KV cache larger than the machine fails deep inside vLLM's engine
     process, with the cause only in its log: say it here, naming the key."""
@@ -77,7 +82,7 @@ def check_cpu_memory(model: LLMModelConfig) -> None:
     total_gib = psutil.virtual_memory().total / 2**30
     if model.accelerator == "cpu" and model.engine.kv_cache_space_gib >= total_gib:
         raise ValueError(
-            f"models[{model.name}].engine.kv_cache_space_gib={model.engine.kv_cache_space_gib:g} does not fit in "
+            f"model {model.name}: engine.kv_cache_space_gib={model.engine.kv_cache_space_gib:g} does not fit in "
             f"this node's {total_gib:.1f} GiB of memory"
         )
 

@@ -132,18 +132,18 @@ def main() -> None:
         preexec_fn=default_sigint,
     )
     try:
-        readiness = wait_ready(f"{base}/readyz", serve_run, args.ready_timeout)
+        readiness = wait_ready(f"{base}/recommend/readyz", serve_run, args.ready_timeout)
         apps = {app.name for app in schema.applications}
         models = wait_ready(f"{base}/v1/models", serve_run, args.ready_timeout) if "chat" in apps else None
         print("\n" + "=" * 72)
         print(f"recommend graph ready on {base}  ({readiness['checks']['ranker']['detail']})")
         print(f"  curl -s {base}/recommend -H 'content-type: application/json' \\\n    -d '{json.dumps(EXAMPLE)}'")
-        print(f"  curl -s {base}/readyz     # readiness of Feast, Triton, registry")
+        print(f"  curl -s {base}/recommend/readyz     # readiness of Feast, Triton, registry")
         if models:
             loaded = ", ".join(f"{m['id']} v{m['metadata']['registry']['version']}" for m in models["data"])
             print(f"OpenAI-compatible API on {base}/v1  ({loaded})")
             print(f"  curl -s {base}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{json.dumps(CHAT_EXAMPLE)}'")
-        print(f"  OpenAPI docs: {base}/docs")
+        print(f"  OpenAPI docs: {base}/recommend/docs")
         print(f"  metrics: http://127.0.0.1:{args.metrics_port}/metrics (ray_graph_node_latency_ms, ray_serve_*)")
         print(f"  Ray dashboard: http://127.0.0.1:{args.dashboard_port}; this cluster's token: {env['RAY_AUTH_TOKEN_PATH']}")
         print(f"    RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={env['RAY_AUTH_TOKEN_PATH']} serve status -a http://127.0.0.1:{args.dashboard_port}")

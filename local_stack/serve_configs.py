@@ -44,8 +44,7 @@ def local_config(http_port: int, triton_grpc: str, llm: str | None = None, only:
             app["args"]["explain"]["llm"]["url"] = f"http://127.0.0.1:{http_port}/v1"
             if llm:
                 app["args"]["explain"]["llm"]["model"] = llm
-        if llm and "models" in app.get("args", {}):
-            for model in app["args"]["models"]:
-                model["name"] = llm
-                model["engine"]["max_model_len"] = 512
+        if llm and "model" in app.get("args", {}):
+            app["args"]["model"]["name"] = llm
+            app["args"]["model"]["engine"]["max_model_len"] = 512
     return config

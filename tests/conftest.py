@@ -86,7 +86,8 @@ def chat_url(deployed):
 
 @pytest.fixture(scope="session")
 def recommend_url(deployed, serve_config):
+    """POST here; /healthz and /readyz below it."""
     wait_app("recommend", {"RUNNING"}, timeout_s=180)
-    base = f"http://127.0.0.1:{serve_config['http_options']['port']}"
-    wait_http(f"{base}/readyz", timeout_s=60)
-    return base
+    url = f"{deployed}/recommend"
+    wait_http(f"{url}/readyz", timeout_s=60)
+    return url

@@ -7,7 +7,7 @@ def post(url, json=None, **kwargs):
     """Input validation only: no LLM explanation (it may still be starting)."""
     if isinstance(json, dict):
         json = {**json, "explain": False}
-    return httpx.post(f"{url}/recommend", json=json, timeout=30, **kwargs)
+    return httpx.post(url, json=json, timeout=30, **kwargs)
 
 
 def fields(response):

@@ -15,7 +15,7 @@ async def burst(url: str, n: int) -> list[int]:
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
         responses = await asyncio.gather(
             *(
-                client.post(f"{url}/recommend", json={"user_id": 1 + i % 50, "item_ids": list(range(1 + i, 21 + i)), "k": 5, "explain": False})
+                client.post(url, json={"user_id": 1 + i % 50, "item_ids": list(range(1 + i, 21 + i)), "k": 5, "explain": False})
                 for i in range(n)
             )
         )
@@ -39,8 +39,8 @@ def test_triton_batches_concurrent_requests(recommend_url, triton):
 
 
 def test_node_metrics_on_rays_prometheus_endpoint(recommend_url, ray_cluster):
-    httpx.post(f"{recommend_url}/recommend", json={"user_id": 3, "item_ids": [1, 2, 3], "explain": False}, timeout=10).raise_for_status()
-    assert httpx.post(f"{recommend_url}/recommend", json={"user_id": 3, "item_ids": [123_456]}, timeout=10).status_code == 404
+    httpx.post(recommend_url, json={"user_id": 3, "item_ids": [1, 2, 3], "explain": False}, timeout=10).raise_for_status()
+    assert httpx.post(recommend_url, json={"user_id": 3, "item_ids": [123_456]}, timeout=10).status_code == 404
     deadline = time.monotonic() + 60
     text = ""
     while time.monotonic() < deadline:

@@ -107,8 +107,8 @@ def test_malformed_messages_are_400_naming_the_field(chat_url):
     response = httpx.post(f"{chat_url}/chat/completions", json={"model": MODEL, "messages": [{"content": "no role"}]}, timeout=30)
     assert response.status_code == 400
     error = response.json()["error"]
-    assert error["param"].startswith("messages[0]")
-    assert "role" in error["message"]
+    assert error["param"].startswith("body.messages.0.") and error["param"].endswith(".role")  # vLLM's own naming
+    assert "role" in error["message"] and error["code"] == 400
 
 
 def test_client_disconnect_mid_stream_aborts_the_request_in_the_engine(chat_url, ray_cluster):
@@ -192,7 +192,7 @@ def broken_chat_apps(serve_config):
         for name, change in engine_changes.items():
             broken = copy.deepcopy(chat)
             broken["name"], broken["route_prefix"] = name, f"/{name}"
-            broken["args"]["models"][0]["engine"].update(change)
+            broken["args"]["model"]["engine"].update(change)
             config["applications"].append(broken)
         deploy(config)
 

@@ -27,7 +27,7 @@ def expected_prompt(stack, user_id: int, item_id: int) -> str:
 
 
 def test_explains_the_top_item_with_the_llm(recommend_url, chat_url, stack, serve_config):
-    response = httpx.post(f"{recommend_url}/recommend", json=REQUEST, timeout=60)
+    response = httpx.post(recommend_url, json=REQUEST, timeout=60)
     assert response.status_code == 200
     body = response.json()
     explanation = body["explanation"]
@@ -46,7 +46,7 @@ def test_explains_the_top_item_with_the_llm(recommend_url, chat_url, stack, serv
 
 
 def test_explanation_can_be_skipped_per_request(recommend_url):
-    body = httpx.post(f"{recommend_url}/recommend", json={**REQUEST, "explain": False}, timeout=30).json()
+    body = httpx.post(recommend_url, json={**REQUEST, "explain": False}, timeout=30).json()
     assert body["explanation"] is None and "explain" not in body["latency_ms"]
 
 
@@ -60,7 +60,7 @@ def silent_server():
     sock.close()
 
 
-def test_llm_failure_and_timeout_leave_the_ranking(serve_config, recommend_url, silent_server):
+def test_llm_failure_and_timeout_leave_the_ranking(serve_config, deployed, recommend_url, silent_server):
     config = copy.deepcopy(serve_config)
     base = config["applications"][0]
     for name, url, timeout_s in (
@@ -76,16 +76,16 @@ def test_llm_failure_and_timeout_leave_the_ranking(serve_config, recommend_url, 
     try:
         for name in ("llm-down", "llm-hangs"):
             wait_app(name, {"RUNNING"}, timeout_s=120)
-        reference = httpx.post(f"{recommend_url}/recommend", json={**REQUEST, "explain": False}, timeout=30).json()
+        reference = httpx.post(recommend_url, json={**REQUEST, "explain": False}, timeout=30).json()
 
-        down = httpx.post(f"{recommend_url}/llm-down/recommend", json=REQUEST, timeout=30)
+        down = httpx.post(f"{deployed}/llm-down", json=REQUEST, timeout=30)
         assert down.status_code == 200
         assert down.json()["items"] == reference["items"]
         assert down.json()["explanation"]["text"] is None
         assert "APIConnectionError" in down.json()["explanation"]["reason"]
 
         started = time.monotonic()
-        hangs = httpx.post(f"{recommend_url}/llm-hangs/recommend", json=REQUEST, timeout=30)
+        hangs = httpx.post(f"{deployed}/llm-hangs", json=REQUEST, timeout=30)
         elapsed = time.monotonic() - started
         assert hangs.status_code == 200
         assert hangs.json()["items"] == reference["items"]
@@ -94,7 +94,7 @@ def test_llm_failure_and_timeout_leave_the_ranking(serve_config, recommend_url, 
 
         # Within the cooldown the graph does not wait on the hanging LLM again.
         started = time.monotonic()
-        again = httpx.post(f"{recommend_url}/llm-hangs/recommend", json=REQUEST, timeout=30)
+        again = httpx.post(f"{deployed}/llm-hangs", json=REQUEST, timeout=30)
         assert time.monotonic() - started < 0.5
         assert again.json()["items"] == reference["items"]
         assert again.json()["explanation"]["reason"].startswith("skipped: the LLM failed")

@@ -19,7 +19,7 @@ REQUEST = {"user_id": 5, "item_ids": [1, 2, 3, 4], "k": 2, "explain": False}
 
 def timed_post(url: str) -> tuple[httpx.Response, float]:
     started = time.monotonic()
-    response = httpx.post(f"{url}/recommend", json=REQUEST, timeout=30)
+    response = httpx.post(url, json=REQUEST, timeout=30)
     return response, time.monotonic() - started
 
 
@@ -30,7 +30,7 @@ def ranker_timeout(serve_config) -> float:
 def wait_recovered(url: str, timeout_s: float = 30) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
-        if httpx.post(f"{url}/recommend", json=REQUEST, timeout=10).status_code == 200:
+        if httpx.post(url, json=REQUEST, timeout=10).status_code == 200:
             return time.monotonic() - started
         time.sleep(0.2)
     raise AssertionError(f"no 200 within {timeout_s} s of Triton coming back")
@@ -101,10 +101,10 @@ def test_bad_config_fails_at_build_time_naming_the_key(serve_config, recommend_u
     assert "ranker.timout_s" in status.message
     assert "Extra inputs are not permitted" in status.message
     assert serve.status().applications["recommend"].status == "RUNNING"
-    assert httpx.post(f"{recommend_url}/recommend", json=REQUEST, timeout=10).status_code == 200
+    assert httpx.post(recommend_url, json=REQUEST, timeout=10).status_code == 200
 
 
-def test_replica_whose_backend_stays_gone_is_replaced(serve_config, recommend_url, restore_config):
+def test_replica_whose_backend_stays_gone_is_replaced(serve_config, deployed, recommend_url, restore_config):
     config = copy.deepcopy(serve_config)
     ranker = dict(config["applications"][0]["args"]["ranker"], url=f"127.0.0.1:{free_port()}")
     orphan = extra_app(serve_config, "orphan", ranker=ranker, unhealthy_after_s=2)
@@ -112,15 +112,15 @@ def test_replica_whose_backend_stays_gone_is_replaced(serve_config, recommend_ur
     config["applications"].append(orphan)
     deploy(config)
     wait_app("orphan", {"RUNNING"}, timeout_s=120)
-    first = wait_http(f"{recommend_url}/orphan/healthz").json()["replica"]
-    assert httpx.get(f"{recommend_url}/orphan/readyz", timeout=10).status_code == 503
+    first = wait_http(f"{deployed}/orphan/healthz").json()["replica"]
+    assert httpx.get(f"{deployed}/orphan/readyz", timeout=10).status_code == 503
     deadline = time.monotonic() + 90
     replica = first
     while replica == first and time.monotonic() < deadline:
         time.sleep(1)
         try:
-            replica = httpx.get(f"{recommend_url}/orphan/healthz", timeout=5).json().get("replica", first)
+            replica = httpx.get(f"{deployed}/orphan/healthz", timeout=5).json().get("replica", first)
         except (httpx.HTTPError, ValueError):
             pass
     assert replica != first, "Serve kept the replica whose backend never came back"
-    assert httpx.post(f"{recommend_url}/recommend", json=REQUEST, timeout=10).status_code == 200
+    assert httpx.post(recommend_url, json=REQUEST, timeout=10).status_code == 200

@@ -38,7 +38,7 @@ def expected_scores(stack, registry, alias: str, user: int, items: list[int]) ->
 
 
 def test_ranking_matches_onnxruntime_on_the_same_features(recommend_url, stack, registry):
-    response = httpx.post(f"{recommend_url}/recommend", json={"user_id": USER, "item_ids": ITEMS, "k": 4, "explain": False}, timeout=30)
+    response = httpx.post(recommend_url, json={"user_id": USER, "item_ids": ITEMS, "k": 4, "explain": False}, timeout=30)
     assert response.status_code == 200, response.text
     body = response.json()
     scores = expected_scores(stack, registry, "champion", USER, ITEMS)
@@ -48,7 +48,7 @@ def test_ranking_matches_onnxruntime_on_the_same_features(recommend_url, stack, 
 
 
 def test_reports_the_registry_version_behind_the_alias(recommend_url, registry):
-    body = httpx.post(f"{recommend_url}/recommend", json={"user_id": USER, "item_ids": ITEMS, "k": 2, "explain": False}, timeout=30).json()
+    body = httpx.post(recommend_url, json={"user_id": USER, "item_ids": ITEMS, "k": 2, "explain": False}, timeout=30).json()
     champion = registry.get_model_version_by_alias("ranker", "champion")
     assert body["model"] == {"name": "ranker", "version": str(champion.version), "alias": "champion"}
 
@@ -56,7 +56,7 @@ def test_reports_the_registry_version_behind_the_alias(recommend_url, registry):
 def test_reports_feature_timestamps_and_node_latency(recommend_url, stack):
     import pandas as pd
 
-    body = httpx.post(f"{recommend_url}/recommend", json={"user_id": USER, "item_ids": ITEMS, "k": 3, "explain": False}, timeout=10).json()
+    body = httpx.post(recommend_url, json={"user_id": USER, "item_ids": ITEMS, "k": 3, "explain": False}, timeout=10).json()
     users = pd.read_parquet(stack.data / "users.parquet").set_index("user_id")
     items = pd.read_parquet(stack.data / "items.parquet").set_index("item_id")
     assert datetime.fromisoformat(body["feature_timestamps"]["user_features"]) == users.loc[USER, "event_timestamp"].to_pydatetime()
@@ -69,7 +69,7 @@ def test_reports_feature_timestamps_and_node_latency(recommend_url, stack):
 
 
 def test_k_larger_than_the_candidates_returns_them_all(recommend_url):
-    body = httpx.post(f"{recommend_url}/recommend", json={"user_id": USER, "item_ids": [1, 2], "k": 10, "explain": False}, timeout=30).json()
+    body = httpx.post(recommend_url, json={"user_id": USER, "item_ids": [1, 2], "k": 10, "explain": False}, timeout=30).json()
     assert sorted(item["item_id"] for item in body["items"]) == [1, 2]
 
 
