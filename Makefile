@@ -9,7 +9,7 @@ PIP_FLAGS := --progress-bar on --disable-pip-version-check
 VENV_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 TRITON_STAMP := $(TRITON_VENV)/.installed-$(shell cat local_stack/triton-requirements.txt | sha1sum | cut -c1-12)
 
-.PHONY: demo test stack venv triton-env check bench clean-stack
+.PHONY: demo test stack venv triton-env check bench clean-stack manifests
 
 demo: venv triton-env stack
 	$(PY) -m local_stack.demo configs/local.yaml
@@ -22,6 +22,11 @@ stack: venv triton-env
 
 check: venv
 	$(PY) -m apps.check configs/*.yaml
+
+# Kubernetes manifests from kuberay/cluster.yaml + configs/cluster.yaml, then checked offline (kuberay/README.md)
+manifests: venv
+	$(PY) -m kuberay.render
+	$(PY) -m kuberay.validate kuberay/rendered/*.yaml
 
 bench: venv triton-env stack
 	$(PY) bench/recommend_bench.py

@@ -1,0 +1,90 @@
+"""Checks that the Serve config and the cluster spec describe the same
+cluster: the render refuses a pair that would deploy, pass every schema and
+then fail at run time.
+
+- every `registry_uri` in the Serve config is the spec's MLflow;
+- the ranker calls the Triton Service the render creates, on its port;
+- a remote LLM node calls the vLLM Service (with the model it serves) or
+  the chat app through the serve Service;
+- Serve listens on 0.0.0.0 and on the port the serve Service targets;
+- the GPU replicas Serve may autoscale to fit in the GPU worker groups
+  that declare their GPU type to Ray's autoscaler.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Optional
+
+from kuberay.spec import ClusterSpec
+
+
+def _registry_uris(node: Any, path: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            child = f"{path}.{key}"
+            if key == "registry_uri":
+                yield child, value
+            else:
+                yield from _registry_uris(value, child)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _registry_uris(value, f"{path}[{index}]")
+
+
+def _gpu_demand(app: dict[str, Any]) -> tuple[Optional[str], int]:
+    """(GPU type, GPUs) the app's LLM deployment can scale to: one engine
+    replica uses tensor_parallel_size GPUs of its accelerator_type."""
+    model = (app.get("args") or {}).get("model")
+    if not isinstance(model, dict) or model.get("accelerator") != "gpu":
+        return None, 0
+    replicas = model.get("num_replicas", 1)
+    for deployment in app.get("deployments") or []:
+        if str(deployment.get("name", "")).endswith(f":{model.get('name')}"):
+            autoscaling = deployment.get("autoscaling_config") or {}
+            replicas = autoscaling.get("max_replicas", deployment.get("num_replicas", replicas))
+    return model.get("accelerator_type"), int(replicas) * int((model.get("engine") or {}).get("tensor_parallel_size", 1))
+
+
+def problems(spec: ClusterSpec, serve_config: dict[str, Any]) -> list[str]:
+    found: list[str] = []
+    http = serve_config.get("http_options") or {}
+    if http.get("host") != "0.0.0.0":
+        found.append(f"http_options.host: {http.get('host')!r}, but inside a pod Serve must listen on 0.0.0.0")
+    if http.get("port", 8000) != spec.rayservice.serve_port:
+        found.append(f"http_options.port: {http.get('port', 8000)}, but the serve Service targets {spec.rayservice.serve_port}")
+
+    triton = spec.triton
+    vllm_url = f"http://{spec.service_host(spec.vllm.name)}:{spec.vllm.port}/v1"
+    chat_url = f"http://{spec.service_host(spec.rayservice.serve_service)}:{spec.rayservice.serve_port}/v1"
+    gpu_demand: dict[Optional[str], int] = {}
+    for index, app in enumerate(serve_config.get("applications") or []):
+        prefix = f"applications[{index}]"
+        args = app.get("args") or {}
+        for path, uri in _registry_uris(args, f"{prefix}.args"):
+            if uri != spec.mlflow_uri:
+                found.append(f"{path}: {uri!r}, but the cluster's MLflow is {spec.mlflow_uri!r}")
+        ranker = args.get("ranker")
+        if isinstance(ranker, dict):
+            port = triton.grpc_port if ranker.get("protocol", "grpc") == "grpc" else triton.http_port
+            expected = f"{spec.service_host(triton.name)}:{port}"
+            if ranker.get("url") != expected:
+                found.append(f"{prefix}.args.ranker.url: {ranker.get('url')!r}, but the Triton Service is {expected!r}")
+        llm = ((args.get("explain") or {}).get("llm")) or {}
+        if llm.get("mode", "remote") == "remote" and "url" in llm:
+            if llm["url"].rstrip("/") not in (vllm_url, chat_url):
+                found.append(f"{prefix}.args.explain.llm.url: {llm['url']!r}, but the LLM services are {vllm_url!r} and {chat_url!r}")
+            elif llm["url"].rstrip("/") == vllm_url and llm.get("model") != spec.vllm.model:
+                found.append(f"{prefix}.args.explain.llm.model: {llm.get('model')!r}, but the vLLM server serves {spec.vllm.model!r}")
+        kind, gpus = _gpu_demand(app)
+        if gpus:
+            gpu_demand[kind] = gpu_demand.get(kind, 0) + gpus
+
+    for kind, gpus in gpu_demand.items():
+        groups = [g for g in spec.rayservice.worker_groups if g.resources.gpus and kind in (None, g.accelerator_type)]
+        supply = sum(g.max_replicas * g.resources.gpus for g in groups)
+        what = f"{kind} GPUs" if kind else "GPUs"
+        if gpus > supply:
+            found.append(
+                f"applications: Serve may scale GPU engines to {gpus} {what}, but the worker groups "
+                f"declaring them (accelerator_type) have at most {supply}"
+            )
+    return found

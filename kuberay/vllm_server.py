@@ -1,0 +1,145 @@
+"""vLLM's own OpenAI server as a Deployment + Service: what the LLM node's
+remote mode (`explain.llm.mode: remote`) calls by URL.
+
+The model comes from the MLflow registry (`models:/<name>@<alias>`), fetched
+by an init container (`python -m kuberay.fetch llm`) into an emptyDir; the
+served model id is the registry name, as in the chat app. The engine
+settings are the same typed `EngineArgs` the chat app uses, turned into
+vLLM's command-line flags.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from deployments.llm_engine import EngineArgs
+from kuberay import pods
+from kuberay.spec import ClusterSpec
+
+MODELS = "/models"
+
+
+def engine_flags(engine: EngineArgs) -> list[str]:
+    """GPU flags only: `kv_cache_space_gib` is the CPU engine's setting."""
+    flags = [
+        f"--dtype={engine.dtype}",
+        f"--max-model-len={engine.max_model_len}",
+        f"--tensor-parallel-size={engine.tensor_parallel_size}",
+        f"--gpu-memory-utilization={engine.gpu_memory_utilization:g}",
+        f"--max-num-seqs={engine.max_num_seqs}",
+        f"--seed={engine.seed}",
+    ]
+    if engine.enforce_eager:
+        flags.append("--enforce-eager")
+    return flags
+
+
+def _fetch_container(spec: ClusterSpec) -> dict[str, Any]:
+    vllm = spec.vllm
+    return {
+        "name": "fetch-model",
+        "image": spec.platform_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python", "-m", "kuberay.fetch", "llm", "--model", vllm.model, "--alias", vllm.alias,
+                    "--dest", f"{MODELS}/{vllm.model}"],
+        "env": [*pods.registry_env(spec), {"name": "HOME", "value": "/tmp"}],
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}},
+        "volumeMounts": [pods.mount("models", MODELS), pods.mount("tmp", "/tmp")],
+        "securityContext": pods.container_security_context(read_only_root=True),
+    }
+
+
+def _server_container(spec: ClusterSpec) -> dict[str, Any]:
+    vllm = spec.vllm
+    return {
+        "name": "vllm",
+        "image": vllm.image,
+        "imagePullPolicy": "IfNotPresent",
+        # The image's python3 (the brief's `python -m vllm.entrypoints.openai.api_server`).
+        "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+        "args": [
+            f"--model={MODELS}/{vllm.model}",
+            f"--served-model-name={vllm.model}",
+            "--host=0.0.0.0",  # reached on the pod IP through the Service
+            f"--port={vllm.port}",
+            *engine_flags(vllm.engine),
+        ],
+        "env": [
+            pods.secret_env("HF_TOKEN", spec.secrets.hf_token),
+            # The weights are local; nothing is fetched from a hub at start.
+            {"name": "HF_HUB_OFFLINE", "value": "1"},
+            {"name": "TRANSFORMERS_OFFLINE", "value": "1"},
+            {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+            {"name": "DO_NOT_TRACK", "value": "1"},
+            # Caches (compiled kernels, CUDA graphs) go to writable volumes:
+            # the root filesystem is read-only.
+            {"name": "HOME", "value": "/tmp"},
+            {"name": "XDG_CACHE_HOME", "value": "/cache"},
+            {"name": "HF_HOME", "value": "/cache/huggingface"},
+        ],
+        "ports": [{"name": "http", "containerPort": vllm.port}],
+        "resources": vllm.resources.manifest(),
+        # Loading weights and capturing CUDA graphs takes minutes: the
+        # startup probe allows 10, then liveness takes over.
+        "startupProbe": pods.http_probe("/health", "http", period_s=10, failures=60),
+        "readinessProbe": pods.http_probe("/health", "http", period_s=5, failures=3),
+        "livenessProbe": pods.http_probe("/health", "http", period_s=10, failures=3, timeout_s=5),
+        "volumeMounts": [
+            pods.mount("models", MODELS, read_only=True),
+            pods.mount("cache", "/cache"),
+            pods.mount("tmp", "/tmp"),
+            pods.mount("dshm", "/dev/shm"),
+        ],
+        "securityContext": pods.container_security_context(read_only_root=True),
+    }
+
+
+def deployment(spec: ClusterSpec) -> dict[str, Any]:
+    vllm = spec.vllm
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": vllm.name, "namespace": spec.namespace, "labels": pods.labels("vllm", vllm.name)},
+        "spec": {
+            "replicas": vllm.replicas,
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": pods.selector("vllm", vllm.name)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": pods.labels("vllm", vllm.name)},
+                "spec": {
+                    "securityContext": pods.pod_security_context(spec),
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": 60,
+                    "initContainers": [_fetch_container(spec)],
+                    "containers": [_server_container(spec)],
+                    "volumes": [
+                        pods.empty_dir("models", size_limit="50Gi"),
+                        pods.empty_dir("cache", size_limit="10Gi"),
+                        pods.empty_dir("tmp", size_limit="2Gi"),
+                        # Shared memory for the engine's worker processes (NCCL with tensor parallelism).
+                        pods.empty_dir("dshm", size_limit="4Gi", memory=True),
+                    ],
+                    **pods.placement(vllm.placement),
+                },
+            },
+        },
+    }
+
+
+def service(spec: ClusterSpec) -> dict[str, Any]:
+    vllm = spec.vllm
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": vllm.name, "namespace": spec.namespace, "labels": pods.labels("vllm", vllm.name)},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": pods.selector("vllm", vllm.name),
+            "ports": [{"name": "http", "port": vllm.port, "targetPort": "http"}],
+        },
+    }
+
+
+def manifests(spec: ClusterSpec) -> list[dict[str, Any]]:
+    return [deployment(spec), service(spec)]
