@@ -20,6 +20,18 @@ def deploy(config: dict[str, Any]) -> None:
     client.deploy_apps(schema, _blocking=False)
 
 
+def restore(config: dict[str, Any], timeout_s: float = 60) -> None:
+    """Deploy `config` again and wait until only its applications are left
+    (tests that deploy extra apps next to the session's end with this)."""
+    from ray import serve
+
+    deploy(config)
+    deadline = time.monotonic() + timeout_s
+    expected = {app["name"] for app in config["applications"]}
+    while set(serve.status().applications) != expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
 def wait_app(name: str, want: set[str], timeout_s: float = 120) -> Any:
     """Wait for an application to reach one of `want` (e.g. RUNNING)."""
     from ray import serve

@@ -7,10 +7,9 @@ import time
 import httpx
 import openai
 import pytest
-from ray import serve
 
 from apps.recommend import ExplainConfig
-from tests.servers import deploy, free_port, wait_app
+from tests.servers import deploy, free_port, restore, wait_app
 
 REQUEST = {"user_id": 11, "item_ids": [5, 6, 7, 8, 9], "k": 3}
 
@@ -26,6 +25,17 @@ def expected_prompt(stack, user_id: int, item_id: int) -> str:
     return ExplainConfig.model_fields["prompt_template"].default.format(**values)
 
 
+def direct_answer(chat_url: str, stack, model: str, max_tokens: int, item_id: int) -> str:
+    """The same prompt sent straight to the chat API (greedy: the same text)."""
+    direct = openai.OpenAI(base_url=chat_url, api_key="x", max_retries=0).chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": expected_prompt(stack, REQUEST["user_id"], item_id)}],
+        max_tokens=max_tokens,
+        temperature=0,
+    )
+    return direct.choices[0].message.content.strip()
+
+
 def test_explains_the_top_item_with_the_llm(recommend_url, chat_url, stack, serve_config):
     response = httpx.post(recommend_url, json=REQUEST, timeout=60)
     assert response.status_code == 200
@@ -34,15 +44,35 @@ def test_explains_the_top_item_with_the_llm(recommend_url, chat_url, stack, serv
     llm = serve_config["applications"][0]["args"]["explain"]["llm"]
     assert explanation["model"] == llm["model"] and explanation["reason"] is None
     assert body["latency_ms"]["explain"] > 0
-    # Greedy decoding: the same prompt sent straight to the chat API gives the same text.
     top = body["items"][0]["item_id"]
-    direct = openai.OpenAI(base_url=chat_url, api_key="x", max_retries=0).chat.completions.create(
-        model=llm["model"],
-        messages=[{"role": "user", "content": expected_prompt(stack, REQUEST["user_id"], top)}],
-        max_tokens=llm["max_tokens"],
-        temperature=0,
-    )
-    assert explanation["text"] == direct.choices[0].message.content.strip()
+    assert explanation["text"] == direct_answer(chat_url, stack, llm["model"], llm["max_tokens"], top)
+
+
+def test_embedded_engine_explains_by_handle(serve_config, deployed, recommend_url, chat_url, stack):
+    """explain.llm.mode: embedded puts a vLLM engine (the same registered model
+    and engine settings as the chat app) into the graph's own application,
+    called by DeploymentHandle: same greedy text, no HTTP hop."""
+    config = copy.deepcopy(serve_config)
+    app = copy.deepcopy(config["applications"][0])
+    chat = next(a for a in config["applications"] if a["name"] == "chat")
+    remote = app["args"]["explain"]["llm"]
+    app["name"], app["route_prefix"] = "explain-embedded", "/explain-embedded"
+    app["args"]["explain"]["llm"] = {"mode": "embedded", "engine": chat["args"]["model"], "max_tokens": remote["max_tokens"], "timeout_s": 30}
+    config["applications"].append(app)
+    deploy(config)
+    try:
+        status = wait_app("explain-embedded", {"RUNNING"}, timeout_s=300)
+        assert "ExplainLLM:tiny-llama" in status.deployments  # the engine is part of this app
+        response = httpx.post(f"{deployed}/explain-embedded", json=REQUEST, timeout=60)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        reference = httpx.post(recommend_url, json={**REQUEST, "explain": False}, timeout=30).json()
+        assert body["items"] == reference["items"]
+        assert body["explanation"]["model"] == "tiny-llama" and body["explanation"]["reason"] is None
+        top = body["items"][0]["item_id"]
+        assert body["explanation"]["text"] == direct_answer(chat_url, stack, "tiny-llama", remote["max_tokens"], top)
+    finally:
+        restore(serve_config)
 
 
 def test_explanation_can_be_skipped_per_request(recommend_url):
@@ -100,8 +130,4 @@ def test_llm_failure_and_timeout_leave_the_ranking(serve_config, deployed, recom
         assert again.json()["explanation"]["reason"].startswith("skipped: the LLM failed")
         assert "(timeout after 0.5 s)" in again.json()["explanation"]["reason"]
     finally:
-        deploy(serve_config)
-        deadline = time.monotonic() + 60
-        expected = {app["name"] for app in serve_config["applications"]}
-        while set(serve.status().applications) != expected and time.monotonic() < deadline:
-            time.sleep(0.5)
+        restore(serve_config)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from ray import serve
 
-from tests.servers import deploy, free_port, wait_app, wait_http
+from tests.servers import deploy, free_port, restore, wait_app, wait_http
 
 REQUEST = {"user_id": 5, "item_ids": [1, 2, 3, 4], "k": 2, "explain": False}
 
@@ -85,11 +85,7 @@ def extra_app(serve_config, name: str, **args_update) -> dict:
 @pytest.fixture
 def restore_config(serve_config, recommend_url):
     yield
-    deploy(serve_config)
-    deadline = time.monotonic() + 60
-    expected = {app["name"] for app in serve_config["applications"]}
-    while set(serve.status().applications) != expected and time.monotonic() < deadline:
-        time.sleep(0.5)
+    restore(serve_config)
 
 
 def test_bad_config_fails_at_build_time_naming_the_key(serve_config, recommend_url, restore_config):

@@ -34,6 +34,16 @@ def test_defaults_point_at_the_local_stack():
         (lambda a: a["ranker"].update(protocol="udp"), "applications[0].args.ranker.protocol", "'grpc' or 'http'"),
         (lambda a: a["features"].update(timeout_s=-1), "applications[0].args.features.timeout_s", "greater than 0"),
         (lambda a: a.update(colour="blue"), "applications[0].args.colour", "Extra inputs are not permitted"),
+        # The LLM node: `mode` picks remote (a URL) or embedded (an engine in the app), each with its own keys.
+        (lambda a: a["explain"]["llm"].update(mode="local"), "applications[0].args.explain.llm", "expected tags: 'remote', 'embedded'"),
+        (lambda a: a["explain"]["llm"].update(mode="embedded"), "applications[0].args.explain.llm.embedded.engine", "Field required"),
+        (lambda a: a["explain"]["llm"].update(engine={"name": "smollm2"}), "applications[0].args.explain.llm.remote.engine", "Extra inputs"),
+        (lambda a: a["explain"]["llm"].update(url="ftp://x"), "applications[0].args.explain.llm.remote.url", "http:// or https://"),
+        (
+            lambda a: a["explain"].update(llm={"mode": "embedded", "engine": {"name": "smollm2", "engine": {"dtype": "int3"}}}),
+            "applications[0].args.explain.llm.embedded.engine.engine.dtype",
+            "Input should be",
+        ),
     ],
 )
 def test_bad_args_are_named_by_path(mutate, path, reason):
