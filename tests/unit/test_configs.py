@@ -82,3 +82,26 @@ def test_check_cli_exit_codes(tmp_path):
     good = subprocess.run([sys.executable, "-m", "apps.check", "configs/local.yaml"], capture_output=True, text=True, cwd=PROJECT_ROOT)
     assert good.returncode == 0, good.stderr
 
+
+
+@pytest.mark.parametrize(
+    "mutate, path, reason",
+    [
+        # Ray's ServeDeploySchema would drop these silently: the check names them.
+        (lambda d: d.update(max_ongoing_request=8), "applications[0].deployments[0].max_ongoing_request", "unknown key"),
+        (lambda d: d.update(autoscaling_config={"min_replicas": 1, "max_replica": 3}),
+         "applications[0].deployments[0].autoscaling_config.max_replica", "unknown key"),
+        # ...and would pass these to the controller, which fails later.
+        (lambda d: d.update(autoscaling_config={"min_replicas": 5, "max_replicas": 2}),
+         "applications[0].deployments[0].autoscaling_config", "min_replicas"),
+        (lambda d: d.update(autoscaling_config={"target_ongoing_requests": -1}),
+         "applications[0].deployments[0].autoscaling_config.target_ongoing_requests", "greater than 0"),
+    ],
+)
+def test_serve_keys_ray_would_ignore_or_defer_are_named(mutate, path, reason):
+    config = load_config()
+    config["applications"][0]["deployments"][0].pop("num_replicas")  # autoscaling replaces it
+    mutate(config["applications"][0]["deployments"][0])
+    with pytest.raises(ConfigError) as raised:
+        check_config(config)
+    assert any(line.startswith(path) and reason in line for line in str(raised.value).splitlines()), str(raised.value)
