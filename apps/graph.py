@@ -1,0 +1,89 @@
+"""The one builder of declarative graphs: a graph spec in a Serve config's
+application `args` (docs/graphs.md).
+
+    applications:
+      - name: recommend
+        import_path: apps.graph:build      # the Serve builder: wired in next (see below)
+        args:
+          graph: {name: ..., request: ..., nodes: ..., flow: ..., output: ...}
+
+`GraphArgs` types the args (pydantic, extra="forbid"; the whole-graph checks
+of deployments/graph/validate.py run in its validator, so a bad graph fails
+where the config is loaded, naming the key). `in_process(args)` builds the
+graph as a plain `GraphExecutor`: a notebook prototype, tests, no Ray.
+
+Serve seam (not built yet): `build(args)` will make an ingress deployment
+whose replica holds `GraphExecutor(spec, node_factory=...)`, where the factory
+returns `inline_node(name, spec)` for `placement: inline` and, for
+`placement: deployment`, a proxy whose `async run(inputs)` is
+`await handle.run.remote(inputs)` on a deployment that wraps
+`inline_node(name, spec)` with the node's num_replicas / autoscaling_config /
+ray_actor_options / max_ongoing_requests.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from deployments.graph.executor import GraphExecutor
+from deployments.graph.spec import GraphSpec
+from deployments.graph.validate import GraphSpecError, Problem, validate
+
+IMPORT_PATH = "apps.graph:build"
+
+
+class GraphArgs(BaseModel):
+    """Application args of a graph app (the `args:` of its Serve config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    graph: GraphSpec = Field(description="Nodes, flow and output of the graph.")
+
+    @model_validator(mode="after")
+    def _whole_graph(self):
+        problems = validate(self.graph)
+        if problems:
+            raise ValueError("\n".join(map(str, problems)))
+        return self
+
+
+def parse_args(args: Any) -> GraphArgs:
+    """GraphArgs, or GraphSpecError with one `path: message` per problem
+    (pydantic's errors and the whole-graph ones alike)."""
+    try:
+        return GraphArgs.model_validate(args)
+    except ValidationError as error:
+        problems = []
+        for e in error.errors():
+            if e["type"] == "value_error" and not e["loc"]:  # the whole-graph validator: already `path: message` lines
+                problems += [Problem(*line.split(": ", 1)) for line in str(e["ctx"]["error"]).splitlines()]
+            else:
+                path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".")
+                problems.append(Problem(path, e["msg"]))
+        raise GraphSpecError(problems) from None
+
+
+def args_from_config(config: dict[str, Any], app: Optional[str] = None) -> dict[str, Any]:
+    """The graph app's `args` from a full Serve config (the app named `app`, or
+    the only one built by apps.graph:build), or the args themselves."""
+    if "applications" not in config:
+        return config
+    apps = [a for a in config["applications"] if (a.get("name") == app if app else a.get("import_path") == IMPORT_PATH)]
+    if len(apps) != 1:
+        names = [a.get("name") for a in config["applications"]]
+        raise ValueError(f"expected one graph application {('named ' + app) if app else 'built by ' + IMPORT_PATH}, found {len(apps)} in {names}")
+    return apps[0].get("args") or {}
+
+
+def load(path: str | Path, app: Optional[str] = None) -> GraphArgs:
+    with open(path) as handle:
+        return parse_args(args_from_config(yaml.safe_load(handle), app))
+
+
+def in_process(args: GraphArgs | dict[str, Any]) -> GraphExecutor:
+    """The graph as a plain async object: every node inline, in this process."""
+    args = args if isinstance(args, GraphArgs) else parse_args(args)
+    return GraphExecutor(args.graph)

@@ -1,0 +1,235 @@
+"""Runs a graph in-process: plain asyncio, no Ray needed.
+
+    executor = GraphExecutor(spec)                  # builds every node (inline_node)
+    answer = await executor.run({"user_id": 7, ...})
+    answer.output, answer.routes, answer.errors, answer.latency_ms
+
+Semantics:
+- a node's `timeout_s` bounds its call (BackendTimeout, 503, naming the node);
+- a hard node's failure fails the request: GraphErrors keep their status
+  (404 unknown entities, 503 backend down), anything else is NodeFailed (500);
+- a soft node's failure stores null in its slot and the reason in `errors`;
+- switch: the first case that holds, else the default; split: a stable hash of
+  the sticky key picks the variant (`routes` names it, `route_counts` counts it);
+- fanout: branches concurrently (one hard failure cancels the others), then merge;
+- shadow: the primary answers; once it has, the candidate runs on the same
+  inputs in a background task, its result only compared (ShadowLog), its
+  failures only counted. `drain()` waits for those tasks (tests, shutdown).
+
+The Serve seam: `node_factory` (see deployments/graph/nodes.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from deployments.errors import BackendTimeout, GraphError
+from deployments.graph import request as request_schema
+from deployments.graph.errors import NodeFailed, UnresolvedReference
+from deployments.graph.nodes import NodeFactory, inline_node
+from deployments.graph.references import REQUEST, Missing, Reference
+from deployments.graph.routing import choose, holds
+from deployments.graph.shadow import ShadowLog, compare
+from deployments.graph.spec import (
+    FanoutStep,
+    GraphSpec,
+    NodeStep,
+    SequenceStep,
+    ShadowStep,
+    SkipStep,
+    SplitStep,
+    SwitchStep,
+)
+from deployments.graph.validate import GraphSpecError, Problem, check, check_bound
+from deployments.metrics import NodeMetrics
+
+
+@dataclass
+class GraphAnswer:
+    output: dict[str, Any]
+    routes: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.output, "routes": self.routes, "errors": self.errors, "latency_ms": self.latency_ms}
+
+
+@dataclass
+class _Run:
+    """One request's state: slot -> value, plus what the answer reports."""
+
+    state: dict[str, Any]
+    routes: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class GraphExecutor:
+    def __init__(self, spec: GraphSpec, node_factory: NodeFactory = inline_node, shadow_log: ShadowLog | None = None):
+        self.spec = check(spec)
+        self.nodes = {name: node_factory(name, node) for name, node in spec.nodes.items()}
+        self._check_built()
+        self.request_model = request_schema.request_model(spec.name, spec.request)
+        self.metrics = NodeMetrics(spec.name)
+        self.shadows = shadow_log or ShadowLog()
+        self.route_counts: Counter[tuple[str, str]] = Counter()
+        self._background: set[asyncio.Task] = set()
+
+    def _check_built(self) -> None:
+        """What only the built nodes know: output fields, a feature view's join keys."""
+        fields = {name: node.fields() for name, node in self.nodes.items() if hasattr(node, "fields")}
+        problems = check_bound(self.spec, fields)
+        for name, node in self.nodes.items():
+            if hasattr(node, "join_keys"):
+                keys, given = node.join_keys(), set(self.spec.nodes[name].inputs)
+                if keys != given:
+                    problems.append(Problem(f"graph.nodes.{name}.inputs", f"the feature service's join keys are {sorted(keys)}, inputs give {sorted(given)}"))
+        if problems:
+            raise GraphSpecError(problems)
+
+    # ------------------------------------------------------------ requests
+
+    async def run(self, body: Any) -> GraphAnswer:
+        started = time.perf_counter()
+        run = _Run(state={REQUEST: request_schema.parse(self.request_model, body)})
+        await self._step(self.spec.flow, run, "graph.flow")
+        output = {name: self._resolve(text, f"graph.output.{name}", run.state) for name, text in self.spec.output.items()}
+        run.timings["total"] = round((time.perf_counter() - started) * 1000.0, 3)
+        return GraphAnswer(output=output, routes=run.routes, errors=run.errors, latency_ms=run.timings)
+
+    async def drain(self) -> None:
+        """Wait for the shadow tasks in flight."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.drain()
+        for node in self.nodes.values():
+            if hasattr(node, "close"):
+                await node.close()
+
+    # ------------------------------------------------------------ steps
+
+    async def _step(self, step: Any, run: _Run, path: str, shadowed: bool = False) -> Any:
+        if isinstance(step, NodeStep):
+            return await self._node(step.node, run)
+        if isinstance(step, SkipStep):
+            return None
+        if isinstance(step, SequenceStep):
+            result = None
+            for index, child in enumerate(step.steps):
+                result = await self._step(child, run, f"{path}.steps[{index}]", shadowed)
+            return result
+        if isinstance(step, FanoutStep):
+            await self._all([self._step(b, run, f"{path}.branches[{i}]", shadowed) for i, b in enumerate(step.branches)])
+            return await self._node(step.merge, run)
+        if isinstance(step, SwitchStep):
+            result = await self._switch(step, run, path, shadowed)
+        elif isinstance(step, SplitStep):
+            result = await self._split(step, run, path, shadowed)
+        elif isinstance(step, ShadowStep):
+            result = await self._shadow(step, run, path, shadowed)
+        else:  # pragma: no cover - the spec's union is closed
+            raise TypeError(type(step).__name__)
+        run.state[step.name] = result
+        return result
+
+    async def _switch(self, step: SwitchStep, run: _Run, path: str, shadowed: bool) -> Any:
+        for index, case in enumerate(step.cases):
+            value = self._resolve(case.when.field, f"{path}.cases[{index}].when.field", run.state)
+            if holds(case.when, value):
+                run.routes[step.name] = f"cases[{index}]"
+                return await self._step(case.then, run, f"{path}.cases[{index}].then", shadowed)
+        run.routes[step.name] = "default"
+        return await self._step(step.default, run, f"{path}.default", shadowed)
+
+    async def _split(self, step: SplitStep, run: _Run, path: str, shadowed: bool) -> Any:
+        key = self._resolve(step.sticky_key, f"{path}.sticky_key", run.state) if step.sticky_key else None
+        index = choose([v.weight for v in step.variants], step.salt or step.name, key)
+        variant = step.variants[index]
+        run.routes[step.name] = variant.name
+        if not shadowed:
+            self.route_counts[(step.name, variant.name)] += 1
+        return await self._step(variant.then, run, f"{path}.variants[{index}].then", shadowed)
+
+    async def _shadow(self, step: ShadowStep, run: _Run, path: str, shadowed: bool) -> Any:
+        before = dict(run.state)
+        started = time.perf_counter()
+        result = await self._step(step.primary, run, f"{path}.primary", shadowed)
+        primary_ms = (time.perf_counter() - started) * 1000.0
+        if not shadowed:  # no shadows of shadows
+            self.shadows.started(step.name)
+            task = asyncio.get_running_loop().create_task(self._candidate(step, before, result, primary_ms, path))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return result
+
+    async def _candidate(self, step: ShadowStep, state: dict[str, Any], primary: Any, primary_ms: float, path: str) -> None:
+        """Never raises: a failure is counted, a result is compared."""
+        shadow_run = _Run(state=state)
+        started = time.perf_counter()
+        try:
+            candidate = await self._step(step.candidate, shadow_run, f"{path}.candidate", shadowed=True)
+        except Exception as error:
+            reason = error.message if isinstance(error, GraphError) else f"{type(error).__name__}: {error}"
+            self.shadows.failed(step.name, reason)
+            self.metrics.count_error(f"{step.name}:shadow", getattr(error, "code", "internal_error"))
+            return
+        candidate_ms = (time.perf_counter() - started) * 1000.0
+        self.shadows.compared(compare(step.name, primary, candidate, primary_ms, candidate_ms))
+
+    async def _all(self, calls: list) -> list[Any]:
+        tasks = [asyncio.ensure_future(call) for call in calls]
+        try:
+            return await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    # ------------------------------------------------------------ nodes
+
+    async def _node(self, name: str, run: _Run) -> Any:
+        spec = self.spec.nodes[name]
+        try:
+            with self.metrics.measure(name, run.timings):
+                output = await self._call(name, spec, run.state)
+        except GraphError as error:
+            if spec.dependency == "hard":
+                raise
+            run.errors[name] = error.message
+            output = None
+        run.state[name] = output
+        return output
+
+    async def _call(self, name: str, spec: Any, state: dict[str, Any]) -> Any:
+        """The node's call with its timeout; every failure as a GraphError."""
+        try:
+            inputs = {key: self._inputs(value, f"graph.nodes.{name}.inputs.{key}", state) for key, value in spec.inputs.items()}
+            call = self.nodes[name].run(inputs)
+            return await (asyncio.wait_for(call, spec.timeout_s) if spec.timeout_s else call)
+        except GraphError:
+            raise
+        except asyncio.TimeoutError:
+            if spec.timeout_s:
+                raise BackendTimeout(name, spec.timeout_s) from None
+            raise NodeFailed(name, "timed out") from None
+        except Exception as error:
+            raise NodeFailed(name, f"{type(error).__name__}: {str(error)[:300]}") from error
+
+    def _inputs(self, value: str | list[str], where: str, state: dict[str, Any]) -> Any:
+        if isinstance(value, list):
+            return [self._resolve(text, f"{where}[{i}]", state) for i, text in enumerate(value)]
+        return self._resolve(value, where, state)
+
+    @staticmethod
+    def _resolve(text: str, where: str, state: dict[str, Any]) -> Any:
+        try:
+            return Reference.parse(text).resolve(state)
+        except Missing as missing:
+            raise UnresolvedReference(where, text, str(missing)) from None

@@ -1,0 +1,73 @@
+"""A user's own Python callable as a graph node, given by import path
+(`package.module:attribute`).
+
+A function is called with the node's resolved inputs as keyword arguments
+(plus the config's `params`); a class is instantiated once with `params`
+and the instance is called with the inputs, so it can hold state (a loaded
+model, a client). Either may be sync or async; a sync callable that blocks
+can be sent to a worker thread with `thread: true`.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+
+
+def import_callable(path: str) -> Callable[..., Any]:
+    """`pkg.module:name` (or `pkg.module:Class.method`) -> the object; ValueError says why not."""
+    module_name, _, attribute = path.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as error:
+        raise ValueError(f"cannot import module {module_name!r}: {type(error).__name__}: {error}") from None
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"module {module_name!r} has no attribute {attribute!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"{path} is not callable")
+    return target
+
+
+class PythonNodeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    callable: str = Field(
+        pattern=IMPORT_PATH, description="Import path `module:function` or `module:Class` (a class is instantiated with params)."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments: the class's constructor's, or a function's besides the inputs."
+    )
+    thread: bool = Field(False, description="Run a sync callable in a worker thread (it blocks the event loop otherwise).")
+
+    @field_validator("callable")
+    @classmethod
+    def _importable(cls, path: str) -> str:
+        import_callable(path)
+        return path
+
+
+class PythonNode:
+    def __init__(self, config: PythonNodeConfig):
+        self.config = config
+        target = import_callable(config.callable)
+        if inspect.isclass(target):
+            self._call, self._params = target(**config.params), {}
+        else:
+            self._call, self._params = target, dict(config.params)
+
+    async def run(self, inputs: dict[str, Any]) -> Any:
+        arguments = {**self._params, **inputs}
+        if self.config.thread:
+            result = await asyncio.to_thread(self._call, **arguments)
+        else:
+            result = self._call(**arguments)
+        if inspect.isawaitable(result):
+            result = await result
+        return result

@@ -1,0 +1,83 @@
+"""A PyTorch model run inside the replica (the seed architecture's CPU-only
+TorchServe role), loaded from the MLflow registry by alias.
+
+`models:/<name>@<alias>` is resolved through the registry given in the
+config (never MLflow's process-wide default URI), the version's artifacts are
+downloaded and loaded with `mlflow.pytorch.load_model`. The version's
+`input_features` tag gives the input column order, as for the Triton node.
+A registered version without a `pytorch` flavor (an ONNX-only export, like
+the local stack's `ranker`) fails at load with that reason.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from deployments.feature_lookup import FeatureFrame
+from deployments.registry import ModelRef, download_version, resolve_alias, served
+
+
+class TorchModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, description="Registered MLflow model name (a version logged with mlflow.pytorch).")
+    alias: str = Field("champion", min_length=1, description="MLflow alias that selects the version.")
+    registry_uri: str = Field("sqlite:///.local/mlflow/mlflow.db", description="MLflow registry URI.")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="cuda needs a GPU: only with placement: deployment.")
+    input_features: Optional[list[str]] = Field(
+        None, description="Input column order; default: the version's `input_features` tag."
+    )
+
+
+class NotATorchModel(ValueError):
+    pass
+
+
+def flavors(model_dir: Path) -> list[str]:
+    import yaml
+
+    with open(model_dir / "MLmodel") as handle:
+        return sorted((yaml.safe_load(handle) or {}).get("flavors", {}))
+
+
+class TorchModel:
+    backend = "torch"
+
+    def __init__(self, config: TorchModelConfig):
+        import mlflow.pytorch
+        import torch
+
+        self.config = config
+        self.ref: ModelRef = resolve_alias(config.registry_uri, config.model, config.alias)
+        path = download_version(config.registry_uri, config.model, self.ref.version)
+        found = flavors(path)
+        if "pytorch" not in found:
+            raise NotATorchModel(
+                f"{config.model} version {self.ref.version} (@{config.alias}) has no pytorch flavor "
+                f"(flavors: {', '.join(found)}): log it with mlflow.pytorch.log_model"
+            )
+        self.input_features = config.input_features or self.ref.input_features
+        self.device = torch.device(config.device)
+        self.module = mlflow.pytorch.load_model(str(path), map_location=self.device).eval()
+
+    def matrix(self, features: Any) -> np.ndarray:
+        if isinstance(features, FeatureFrame):
+            if not self.input_features:
+                raise ValueError(f"{self.config.model} v{self.ref.version}: no input_features recorded or configured")
+            return features.matrix(self.input_features)
+        return np.asarray(features, dtype=np.float32)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self.module(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device))
+        return out.reshape(len(batch)).cpu().numpy()
+
+    async def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """{"features": a FeatureFrame or a matrix} -> {"scores": [...], "model": name/version/alias}."""
+        scores = self.infer(self.matrix(inputs["features"]))
+        return {"scores": scores.tolist(), "model": served(self.ref).model_dump()}
