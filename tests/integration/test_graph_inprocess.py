@@ -1,0 +1,133 @@
+"""The declarative graphs in-process against the local stack (Feast, MLflow,
+Triton on loopback): no Ray. Uses only the `stack` and `triton` fixtures."""
+import asyncio
+
+import pytest
+import yaml
+
+from apps.graph import args_from_config, in_process, parse_args
+from deployments.errors import NotFound
+from deployments.graph.validate import GraphSpecError
+from local_stack.serve_configs import free_port
+
+pytestmark = pytest.mark.integration
+ITEMS = list(range(1, 11))
+
+
+def graph_args(path: str, triton=None) -> dict:
+    """The config's graph args with the model nodes pointed at the test Triton
+    and the LLM at a port nobody listens on (the chat app is not started here)."""
+    with open(path) as handle:
+        args = args_from_config(yaml.safe_load(handle))
+    for node in args["graph"]["nodes"].values():
+        if node["kind"] == "triton_model" and triton is not None:
+            node["config"]["url"] = triton.grpc_url
+        if node["kind"] == "llm":
+            node["config"]["url"] = f"http://127.0.0.1:{free_port()}/v1"
+    return args
+
+
+def test_the_recommend_graph_ranks_like_the_recommend_app(triton):
+    from apps.recommend import RecommendArgs, RecommendGraph, RecommendRequest
+    from deployments.triton_model import TritonModelConfig
+
+    app = RecommendGraph(RecommendArgs(ranker=TritonModelConfig(url=triton.grpc_url)))
+    graph = in_process(graph_args("configs/graphs/recommend.yaml", triton))
+
+    async def both():
+        expected = await app.recommend(RecommendRequest(user_id=7, item_ids=ITEMS, k=3, explain=False))
+        answer = await graph.run({"user_id": 7, "item_ids": ITEMS, "k": 3, "explain": False})
+        await app.ranker.close()
+        await graph.close()
+        return expected, answer
+
+    expected, answer = asyncio.run(both())
+    assert [i["item_id"] for i in answer.output["items"]] == [i.item_id for i in expected.items]
+    assert [i["score"] for i in answer.output["items"]] == pytest.approx([i.score for i in expected.items], abs=1e-6)
+    assert answer.output["model"] == expected.model.model_dump() == {"name": "ranker", "version": "1", "alias": "champion"}
+    assert answer.routes == {"explanation": "default"} and answer.output["explanation"] is None
+    assert {"features", "ranker", "ranking", "total"} <= set(answer.latency_ms)
+
+
+def test_an_unreachable_llm_leaves_the_ranking_and_a_reason(triton):
+    graph = in_process(graph_args("configs/graphs/recommend.yaml", triton))
+    answer = asyncio.run(graph.run({"user_id": 7, "item_ids": ITEMS, "k": 3}))
+    assert len(answer.output["items"]) == 3
+    assert answer.output["explanation"] is None
+    assert answer.errors["explain"].startswith("node explain failed: APIConnectionError")
+
+
+def test_unknown_entities_are_a_404(triton):
+    graph = in_process(graph_args("configs/graphs/recommend.yaml", triton))
+    with pytest.raises(NotFound) as caught:
+        asyncio.run(graph.run({"user_id": 999999, "item_ids": [1, 2], "explain": False}))
+    assert caught.value.details == {"missing": {"user_id": [999999]}}
+
+
+def test_the_ab_graph_is_sticky_names_the_version_and_shadows_the_ensemble(triton):
+    graph = in_process(graph_args("configs/graphs/ab.yaml", triton))
+
+    async def go():
+        answers = {}
+        for user in range(1, 21):
+            answers[user] = [await graph.run({"user_id": user, "item_ids": ITEMS, "k": 3}) for _ in range(2)]
+        await graph.close()
+        return answers
+
+    answers = asyncio.run(go())
+    versions = {"champion": "1", "challenger": "2"}
+    for first, again in answers.values():
+        variant = first.routes["ab"]
+        assert again.routes["ab"] == variant  # sticky
+        assert first.output["model"] == {"name": "ranker", "version": versions[variant], "alias": variant}
+        assert first.output["items"] == again.output["items"]
+    assert {a[0].routes["ab"] for a in answers.values()} == {"champion", "challenger"}
+    assert sum(graph.route_counts.values()) == 40
+    counts = graph.shadows.counts["ranker"]
+    assert (counts.mirrored, counts.compared, counts.failed) == (40, 40, 0)
+    assert all(r.max_abs_diff is not None and r.max_abs_diff > 0 for r in graph.shadows.records)
+
+
+def test_a_switch_on_a_feature_the_service_does_not_have_fails_the_build(stack):
+    args = graph_args("configs/graphs/recommend.yaml")  # the build resolves aliases, calls no Triton
+    args["graph"]["flow"]["steps"][3]["cases"][0]["when"] = {"field": "features.user_features__income[0]", "op": "gt", "value": 1}
+    with pytest.raises(GraphSpecError) as caught:
+        in_process(parse_args(args))
+    assert [str(p) for p in caught.value.problems] == [
+        "graph.flow.steps[3].cases[0].when.field: features has no field 'user_features__income' (it has "
+        + str(sorted(_feature_names(stack)))
+        + ")"
+    ]
+
+
+def test_a_switch_on_a_user_feature_routes_by_its_value(triton):
+    args = graph_args("configs/graphs/recommend.yaml", triton)
+    args["graph"]["flow"]["steps"][3]["cases"][0]["when"] = {"field": "features.user_features__age[0]", "op": "ge", "value": -1e9}
+    answer = asyncio.run(in_process(args).run({"user_id": 7, "item_ids": ITEMS, "k": 1, "explain": False}))
+    assert answer.routes == {"explanation": "cases[0]"}  # every age is >= -1e9, whatever request.explain says
+    assert answer.errors["explain"].startswith("node explain failed: APIConnectionError")
+
+
+def test_a_torch_node_refuses_an_onnx_only_version_clearly(stack):
+    args = {
+        "graph": {
+            "name": "t",
+            "request": {"user_id": {"type": "int"}, "item_ids": {"type": "list[int]"}},
+            "nodes": {
+                "features": {"kind": "feature_lookup", "inputs": {"user_id": "request.user_id", "item_id": "request.item_ids"}},
+                "ranker": {"kind": "torch_model", "config": {"model": "ranker", "alias": "champion"}, "inputs": {"features": "features"}},
+            },
+            "flow": {"kind": "sequence", "steps": [{"kind": "node", "node": "features"}, {"kind": "node", "node": "ranker"}]},
+            "output": {"scores": "ranker.scores"},
+        }
+    }
+    from deployments.torch_model import NotATorchModel
+
+    with pytest.raises(NotATorchModel, match=r"ranker version 1 \(@champion\) has no pytorch flavor \(flavors: onnx, python_function\)"):
+        in_process(args)
+
+
+def _feature_names(stack) -> list[str]:
+    from deployments.feature_lookup import FeatureLookup, FeatureLookupConfig
+
+    return FeatureLookup(FeatureLookupConfig()).feature_names
