@@ -43,6 +43,16 @@ def flavors(model_dir: Path) -> list[str]:
         return sorted((yaml.safe_load(handle) or {}).get("flavors", {}))
 
 
+def _inference_module(loaded: Any) -> Any:
+    """A callable in inference mode. MLflow 3 logs models through torch.export:
+    the loaded module is then an exported graph, whose eval() raises (it was
+    traced as it is: nothing to switch)."""
+    try:
+        return loaded.eval()
+    except NotImplementedError:
+        return loaded
+
+
 class TorchModel:
     backend = "torch"
 
@@ -61,7 +71,7 @@ class TorchModel:
             )
         self.input_features = config.input_features or self.ref.input_features
         self.device = torch.device(config.device)
-        self.module = mlflow.pytorch.load_model(str(path), map_location=self.device).eval()
+        self.module = _inference_module(mlflow.pytorch.load_model(str(path), map_location=self.device))
 
     def matrix(self, features: Any) -> np.ndarray:
         if isinstance(features, FeatureFrame):

@@ -72,3 +72,8 @@ def sequence(*steps) -> dict:
 def graph_args(nodes: dict, flow: dict, output: dict, request: dict | None = None) -> dict:
     request = request if request is not None else {"x": {"type": "int"}, "user_id": {"type": "int", "default": 0}}
     return {"graph": {"name": "test", "request": request, "nodes": nodes, "flow": flow, "output": output}}
+
+
+def rows_of_three(values):
+    """A flat list -> rows of 3 (a model's input matrix)."""
+    return [values[i : i + 3] for i in range(0, len(values), 3)]

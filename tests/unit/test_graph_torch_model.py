@@ -1,0 +1,68 @@
+"""The torch_model node loads a PyTorch model from an MLflow registry by alias
+and runs it in the process; the answer names the version. The registry here is
+a private SQLite one with a small network registered for the test."""
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from apps.graph import in_process
+from deployments.torch_model import TorchModel, TorchModelConfig
+from tests.graph_callables import graph_args, py, sequence
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """`scorer` version 1 (@champion): a linear layer + sigmoid on 3 inputs."""
+    import mlflow
+    import torch
+    from mlflow import MlflowClient
+
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 1), torch.nn.Sigmoid()).eval()
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment("scorer", artifact_location=(root / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
+        info = mlflow.pytorch.log_model(net, name="model", input_example=np.zeros((2, 3), dtype=np.float32), registered_model_name="scorer")
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.set_model_version_tag("scorer", str(info.registered_model_version), "input_features", json.dumps(["a", "b", "c"]))
+    client.set_registered_model_alias("scorer", "champion", str(info.registered_model_version))
+    mlflow.set_tracking_uri("")
+    return uri, net
+
+
+def test_it_scores_like_the_registered_network(registry):
+    import torch
+
+    uri, net = registry
+    model = TorchModel(TorchModelConfig(model="scorer", alias="champion", registry_uri=uri))
+    batch = np.random.default_rng(1).normal(size=(5, 3)).astype(np.float32)
+    answer = asyncio.run(model.run({"features": batch}))
+    with torch.no_grad():
+        expected = net(torch.from_numpy(batch)).squeeze(1).numpy()
+    assert answer["scores"] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert answer["model"] == {"name": "scorer", "version": "1", "alias": "champion"}
+    assert model.input_features == ["a", "b", "c"]
+
+
+def test_it_runs_as_a_graph_node(registry):
+    uri, _ = registry
+    nodes = {
+        "rows": py("echo", value="request.rows"),
+        "scorer": {"kind": "torch_model", "config": {"model": "scorer", "registry_uri": uri}, "inputs": {"features": "rows"}},
+    }
+    request = {"rows": {"type": "list[float]"}}
+    args = graph_args(nodes, sequence("rows", "scorer"), {"scores": "scorer.scores", "model": "scorer.model"}, request)
+    args["graph"]["nodes"]["rows"] = py("rows_of_three", values="request.rows")
+    answer = asyncio.run(in_process(args).run({"rows": [0.0, 0.0, 0.0, 1.0, 2.0, 3.0]}))
+    assert len(answer.output["scores"]) == 2
+    assert answer.output["model"]["version"] == "1"
+
+
+def test_an_alias_the_registry_does_not_have_fails_at_build(registry):
+    uri, _ = registry
+    with pytest.raises(Exception, match="alias nightly not found"):
+        TorchModel(TorchModelConfig(model="scorer", alias="nightly", registry_uri=uri))
