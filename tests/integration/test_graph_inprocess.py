@@ -131,3 +131,21 @@ def _feature_names(stack) -> list[str]:
     from deployments.feature_lookup import FeatureLookup, FeatureLookupConfig
 
     return FeatureLookup(FeatureLookupConfig()).feature_names
+
+
+def test_the_prototype_notebook_runs_top_to_bottom(stack):
+    """notebooks/prototype_graph.ipynb starts its own Triton, runs both graphs, stops it."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from deployments.paths import PROJECT_ROOT
+
+    notebook = nbformat.read(PROJECT_ROOT / "notebooks" / "prototype_graph.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(PROJECT_ROOT / "notebooks")}}).execute()
+    outputs = {index: "".join(o.get("text", "") for o in cell.get("outputs", [])) for index, cell in enumerate(notebook.cells)}
+    text = "\n".join(outputs.values())
+    assert "flowchart TD" in text
+    assert any(o.get("data", {}).get("image/png") for cell in notebook.cells for o in cell.get("outputs", []))
+    assert '"model": {\n  "name": "ranker",\n  "version": "1",\n  "alias": "champion"\n }' in text
+    assert "per variant:" in text and "failed=0" in text
+    assert text.rstrip().endswith("Triton stopped: True")
