@@ -9,6 +9,7 @@ so that the answer carries the null and the reason.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -31,6 +32,7 @@ class Reference:
     text: str
 
     @classmethod
+    @functools.lru_cache(maxsize=4096)  # parsed once per config string, not per request
     def parse(cls, text: str) -> "Reference":
         if not re.match(PATTERN, text):
             raise ValueError(f"{text!r} is not a reference (name, then .field or [index] segments)")

@@ -203,24 +203,9 @@ def _find_cycle(start: str, depends: dict[str, set[str]]) -> list[str] | None:
 # ---------------------------------------------------------------- flow
 
 
-def _children(step: Any) -> list[Any]:
-    if isinstance(step, SequenceStep):
-        return list(step.steps)
-    if isinstance(step, SwitchStep):
-        return [case.then for case in step.cases] + ([step.default] if step.default else [])
-    if isinstance(step, FanoutStep):
-        return list(step.branches)
-    if isinstance(step, SplitStep):
-        return [variant.then for variant in step.variants]
-    if isinstance(step, ShadowStep):
-        return [step.primary, step.candidate]
-    return []
-
-
 def _steps(step: Any) -> Iterator[Any]:
-    yield step
-    for child in _children(step):
-        yield from _steps(child)
+    """Every step of the flow, depth first."""
+    return (each for each, _ in _steps_with_paths(step, ""))
 
 
 def _nodes_in(step: Any) -> set[str]:
