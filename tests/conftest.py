@@ -49,16 +49,18 @@ def ray_cluster():
     from ray import serve
 
     temp_dir = tempfile.mkdtemp(prefix="sg-ray-", dir="/tmp")
-    metrics_port = free_port()
+    metrics_port, dashboard_port = free_port(), free_port()
     ray.init(
         num_cpus=8,
-        include_dashboard=False,
+        include_dashboard=True,  # `serve deploy` talks to it
+        dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
         _metrics_export_port=metrics_port,
         _temp_dir=temp_dir,
         namespace="serve",
         configure_logging=False,
     )
-    yield {"metrics_url": f"http://127.0.0.1:{metrics_port}/metrics"}
+    yield {"metrics_url": f"http://127.0.0.1:{metrics_port}/metrics", "dashboard_url": f"http://127.0.0.1:{dashboard_port}"}
     serve.shutdown()
     ray.shutdown()
     stop_haproxy(os.environ)

@@ -60,6 +60,18 @@ def wait_http(url: str, timeout_s: float = 60, status: int = 200) -> httpx.Respo
     raise TimeoutError(f"{url} did not answer {status} within {timeout_s} s: {last}")
 
 
+def replicas() -> dict[str, set[str]]:
+    """Live replica actors by `app#deployment` (a restarted replica gets a new name)."""
+    import ray
+
+    found: dict[str, set[str]] = {}
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["name"].startswith("SERVE_REPLICA::"):
+            app_deployment, _, replica = actor["name"].removeprefix("SERVE_REPLICA::").rpartition("#")
+            found.setdefault(app_deployment, set()).add(replica)
+    return found
+
+
 def scrape(url: str) -> str:
     return httpx.get(url, timeout=5).text
 

@@ -1,0 +1,93 @@
+"""Serve replica autoscaling of a graph deployment, for real: under load the
+Recommender scales from min to max replicas, and back when the load stops,
+with Serve's default policy and with the queue-depth policy
+(deployments/autoscaling.py). No request fails on the way."""
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.servers import deploy, replicas, restore, wait_app
+
+REQUEST = {"user_id": 9, "item_ids": list(range(1, 21)), "k": 5, "explain": False}
+KEY = "autoscale#Recommender"
+QUEUE_DEPTH = {"policy_function": "deployments.autoscaling:QueueDepthPolicy", "policy_kwargs": {"per_replica": 2}}
+
+
+class Load:
+    """Closed-loop clients posting to `url` in a background thread until stopped."""
+
+    def __init__(self, url: str, concurrency: int):
+        self.url, self.concurrency = url, concurrency
+        self.statuses: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    async def _run(self) -> None:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=self.concurrency)) as client:
+
+            async def worker() -> None:
+                while not self._stop.is_set():
+                    try:
+                        self.statuses.append((await client.post(self.url, json=REQUEST)).status_code)
+                    except httpx.HTTPError:
+                        self.statuses.append(0)
+
+            await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+
+    def __enter__(self) -> "Load":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+def wait_replicas(count: int, timeout_s: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if len(replicas().get(KEY, ())) == count:
+            return time.monotonic() - started
+        time.sleep(0.5)
+    raise AssertionError(f"{KEY}: {len(replicas().get(KEY, ()))} replicas, not {count}, after {timeout_s} s")
+
+
+@pytest.mark.parametrize(
+    "policy, target_ongoing_requests",
+    [
+        (None, 2),
+        # A target the default policy would never scale for at this load: only the backlog can.
+        (QUEUE_DEPTH, 1000),
+    ],
+    ids=["serve-default-policy", "queue-depth-policy"],
+)
+def test_a_graph_deployment_scales_out_under_load_and_back_when_it_stops(policy, target_ongoing_requests, serve_config, deployed, recommend_url):
+    config = copy.deepcopy(serve_config)
+    app = copy.deepcopy(config["applications"][0])
+    app["name"], app["route_prefix"] = "autoscale", "/autoscale"
+    app["args"].pop("explain", None)
+    autoscaling = {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2, "target_ongoing_requests": target_ongoing_requests,
+                   "upscale_delay_s": 1, "downscale_delay_s": 5, "metrics_interval_s": 1, "look_back_period_s": 2}
+    if policy:
+        autoscaling["policy"] = policy
+    app["deployments"] = [{"name": "Recommender", "max_ongoing_requests": 4, "autoscaling_config": autoscaling}]
+    config["applications"].append(app)
+    deploy(config)
+    try:
+        wait_app("autoscale", {"RUNNING"}, timeout_s=120)
+        assert len(replicas()[KEY]) == 1
+        with Load(f"{deployed}/autoscale", concurrency=16) as load:
+            up_s = wait_replicas(2, timeout_s=120)
+            wait_app("autoscale", {"RUNNING"}, timeout_s=60)
+            time.sleep(2)  # both replicas serve under load
+        down_s = wait_replicas(1, timeout_s=120)
+        print(f"\n{len(load.statuses)} requests; 2 replicas after {up_s:.1f} s of load, 1 again {down_s:.1f} s after it stopped")
+        assert load.statuses and set(load.statuses) == {200}
+    finally:
+        restore(serve_config)
