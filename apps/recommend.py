@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from ray import serve
 from ray.serve import Application
 
@@ -24,7 +24,7 @@ from apps import http_errors
 from deployments.aggregate import top_k
 from deployments.errors import InvalidInput, NotFound
 from deployments.feature_lookup import FeatureLookup, FeatureLookupConfig
-from deployments.llm_node import EmbeddedLLMConfig, LLMNodeConfig, llm_node, render, template_fields
+from deployments.llm_node import EmbeddedLLMConfig, LLMNodeConfig, PromptTemplate, llm_node, render, template_fields
 from deployments.metrics import NodeMetrics
 from deployments.registry import ServedModel, served
 from deployments.triton_model import TritonModel, TritonModelConfig
@@ -41,20 +41,11 @@ class ExplainConfig(BaseModel):
     cooldown_s: float = Field(
         5.0, ge=0, description="After an LLM failure, skip explanations this long instead of waiting out timeouts."
     )
-    prompt_template: str = Field(
+    prompt_template: PromptTemplate = Field(
         "In one sentence, tell a shopper why item {item_id} suits them. Item: price {item_features__price:.2f}, "
         "popularity {item_features__popularity:.2f}. Shopper: age {user_features__age:.2f}.",
         description="str.format template over item_id, score, user_id and the feature service's features (view__feature).",
     )
-
-    @field_validator("prompt_template")
-    @classmethod
-    def _parses(cls, template: str) -> str:
-        try:
-            template_fields(template)
-        except ValueError as error:
-            raise ValueError(f"not a str.format template: {error}") from None
-        return template
 
 
 class RecommendArgs(BaseModel):

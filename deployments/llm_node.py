@@ -18,7 +18,7 @@ import string
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 from deployments.llm_engine import LLMModelConfig
 
@@ -145,3 +145,15 @@ def template_fields(template: str) -> set[str]:
 
 def render(template: str, values: dict[str, Any]) -> str:
     return template.format(**values)
+
+
+def _checked_template(template: str) -> str:
+    try:
+        template_fields(template)
+    except ValueError as error:
+        raise ValueError(f"not a str.format template: {error}") from None
+    return template
+
+
+PromptTemplate = Annotated[str, AfterValidator(_checked_template)]
+"""A `str.format` template, checked to parse when the config is read."""

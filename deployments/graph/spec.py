@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from deployments.feature_lookup import FeatureLookupConfig
 from deployments.graph.references import PATTERN as REFERENCE_PATTERN
-from deployments.llm_node import LLMNodeConfig, template_fields
+from deployments.llm_node import LLMNodeConfig, PromptTemplate
 from deployments.python_node import PythonNodeConfig
 from deployments.torch_model import TorchModelConfig
 from deployments.triton_model import TritonModelConfig
@@ -152,17 +152,8 @@ class LLMNode(_Node):
 
     kind: Literal["llm"]
     config: LLMNodeConfig
-    prompt_template: str = Field(min_length=1)
+    prompt_template: PromptTemplate = Field(min_length=1)
     optional_inputs: ClassVar[Optional[frozenset[str]]] = None  # the template's fields
-
-    @field_validator("prompt_template")
-    @classmethod
-    def _parses(cls, template: str) -> str:
-        try:
-            template_fields(template)
-        except ValueError as error:
-            raise ValueError(f"not a str.format template: {error}") from None
-        return template
 
 
 class AggregateConfig(_Strict):
