@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +23,7 @@ from pathlib import Path
 from apps.check import ConfigError, check_file
 from local_stack.paths import PROJECT_ROOT, StackPaths
 from local_stack.processes import default_sigint, stop_group
+from local_stack.ray_head import private_cluster_env, start_ray_head
 from local_stack.ray_env import local_ray_env, stop_haproxy
 from local_stack.triton_server import TritonServer
 
@@ -47,45 +46,6 @@ def wait_ready(url: str, process: subprocess.Popen, timeout_s: float) -> dict:
             last = str(error)
         time.sleep(1)
     raise TimeoutError(f"{url} not ready after {timeout_s:.0f} s: {last}")
-
-
-def wait_port(port: int, process: subprocess.Popen, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"`ray start` exited with code {process.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"Ray head not listening on 127.0.0.1:{port} after {timeout_s:.0f} s")
-
-
-def private_cluster_env(env: dict[str, str], temp_dir: str) -> dict[str, str]:
-    """Token auth with a token of this cluster's own (Ray's default token file
-    is shared by every cluster of the user), for the head and its clients."""
-    token_path = Path(temp_dir) / "auth_token"
-    token_path.write_text(secrets.token_hex(32))
-    token_path.chmod(0o600)
-    return dict(env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
-
-
-def start_ray_head(env: dict[str, str], temp_dir: str, metrics_port: int, dashboard_port: int) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        gcs_port = sock.getsockname()[1]
-    command = [
-        str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-        "--node-ip-address=127.0.0.1", f"--port={gcs_port}", f"--temp-dir={temp_dir}",
-        f"--metrics-export-port={metrics_port}",
-        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-        "--disable-usage-stats",
-    ]
-    # One node, nothing to drain to: stop at once on SIGTERM.
-    head_env = dict(env, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
-    process = subprocess.Popen(command, env=head_env, start_new_session=True, preexec_fn=default_sigint)
-    wait_port(gcs_port, process)
-    return process, f"127.0.0.1:{gcs_port}"
 
 
 def _interrupt(*_) -> None:
@@ -121,7 +81,8 @@ def main() -> None:
     temp_dir = tempfile.mkdtemp(prefix="sg-ray-", dir="/tmp")
     env = private_cluster_env(local_ray_env(), temp_dir)
     print("==> starting a one-node Ray cluster", flush=True)
-    ray_head, address = start_ray_head(env, temp_dir, args.metrics_port, args.dashboard_port)
+    head = start_ray_head(env, temp_dir, metrics_port=args.metrics_port, dashboard_port=args.dashboard_port)
+    ray_head, address = head.process, head.address
     serve_cli = Path(sys.executable).parent / "serve"
     print(f"==> serve run {args.config} (Ray at {address})", flush=True)
     serve_run = subprocess.Popen(

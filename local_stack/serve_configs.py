@@ -3,6 +3,7 @@ benchmarks that run the same graphs on free loopback ports."""
 from __future__ import annotations
 
 import copy
+import random
 import socket
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,30 @@ from deployments.paths import PROJECT_ROOT
 LOCAL_CONFIG = PROJECT_ROOT / "configs" / "local.yaml"
 
 
+# Below Linux's ephemeral range (32768-60999), above Ray's worker ports (10002-19999).
+SERVER_PORTS = range(20000, 32768)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A port nobody listens on right now, on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port for a server we start later, free on every interface now.
+
+    Not an ephemeral one (bind to port 0): a Ray cluster opens hundreds of
+    outgoing connections, each on an ephemeral local port, and one that
+    lands on a port picked earlier makes the server's bind fail later
+    (HAProxy's stats listener on 0.0.0.0 did, once in two test runs).
+    """
+    for port in random.sample(SERVER_PORTS, 200):
+        if port in _handed_out:  # picked earlier, its server may not be up yet
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {SERVER_PORTS.start}-{SERVER_PORTS.stop - 1}")
 
 
 def load_config(path: Path = LOCAL_CONFIG) -> dict[str, Any]:

@@ -18,6 +18,11 @@ os.environ["RAY_AUTH_MODE"] = "disabled"
 from tests.servers import deploy, free_port, local_config, wait_app, wait_http  # noqa: E402
 
 
+def pytest_unconfigure(config):
+    """HAProxy's private folder (made by local_ray_env) goes even when no cluster started."""
+    stop_haproxy(os.environ)
+
+
 @pytest.fixture(scope="session")
 def stack():
     from local_stack.bootstrap import ensure
@@ -43,28 +48,37 @@ def triton(stack):
     server.stop()
 
 
+# Worker nodes the autoscaler removes once idle this long (10 s here; the
+# RayService's own timeouts are 60 s, 600 s for GPU nodes).
+IDLE_WORKER_TIMEOUT_S = 10
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
+    """One Ray head with 8 logical CPUs, started like `make demo` starts it,
+    plus Ray's autoscaler with the fake multi-node provider: worker node
+    types are the RayService's worker groups (kuberay/local_cluster.py), none
+    running until a deployment asks for what only they have (a GPU)."""
     import ray
     from ray import serve
 
+    from local_stack.ray_head import start_ray_head
+
     temp_dir = tempfile.mkdtemp(prefix="sg-ray-", dir="/tmp")
-    metrics_port, dashboard_port = free_port(), free_port()
-    ray.init(
-        num_cpus=8,
-        include_dashboard=True,  # `serve deploy` talks to it
-        dashboard_host="127.0.0.1",
-        dashboard_port=dashboard_port,
-        _metrics_export_port=metrics_port,
-        _temp_dir=temp_dir,
-        namespace="serve",
-        configure_logging=False,
+    head = start_ray_head(
+        dict(os.environ), temp_dir, num_cpus=8,
+        fake_autoscaling={"min_workers": 0, "idle_timeout_s": IDLE_WORKER_TIMEOUT_S},
     )
-    yield {"metrics_url": f"http://127.0.0.1:{metrics_port}/metrics", "dashboard_url": f"http://127.0.0.1:{dashboard_port}"}
-    serve.shutdown()
-    ray.shutdown()
-    stop_haproxy(os.environ)
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    try:
+        ray.init(address=head.address, namespace="serve", configure_logging=False)
+        yield {"address": head.address, "metrics_url": head.metrics_url, "dashboard_url": head.dashboard_url,
+               "idle_worker_timeout_s": IDLE_WORKER_TIMEOUT_S}
+        serve.shutdown()
+        ray.shutdown()
+    finally:
+        head.stop()
+        stop_haproxy(os.environ)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
