@@ -15,21 +15,31 @@ OpenAI surface (validation, error format, streaming, usage, aborts on
 disconnect) is vLLM's. This module adds the registry: the model is resolved
 from `models:/<name>@<alias>` and `/v1/models` names the version.
 
+`http:` in the args adds API keys, a body limit and request ids
+(apps.security) in front of vLLM's app, rejecting in OpenAI's error shape.
+
 One app serves one model, as one vLLM server does; serve several models as
 several apps, each under its own `route_prefix` (base URL `<prefix>/v1`).
 """
-from typing import Any
+from typing import Any, Literal, Optional
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
 from ray.serve import Application
 from ray.serve.llm import build_llm_deployment
 
+from apps import security
 from deployments.llm_engine import LLMModelConfig, llm_config, registry_source, resolve
+
+
+class ChatHttpSecurity(security.HttpSecurity):
+    """HttpSecurity for an OpenAI-compatible surface: rejections in OpenAI's error shape."""
+
+    error_format: Literal["openai"] = Field("openai", description="OpenAI clients parse only OpenAI's error shape.")
 
 
 class ChatArgs(BaseModel):
@@ -38,13 +48,17 @@ class ChatArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: LLMModelConfig
+    http: Optional[ChatHttpSecurity] = Field(
+        None, description="API keys, body limit and request ids (apps.security); none of them when absent."
+    )
 
 
 class RegistryLLMServer(LLMServer):
     """LLMServer as the app's ingress: vLLM's OpenAI app plus the registry."""
 
-    async def __init__(self, llm_config: Any, *, registry: dict[str, str], **kwargs):
+    async def __init__(self, llm_config: Any, *, registry: dict[str, str], http: Optional[dict] = None, **kwargs):
         self._registry = registry
+        self._http = ChatHttpSecurity.model_validate(http) if http is not None else None
         await super().__init__(llm_config, **kwargs)
 
     async def __serve_build_asgi_app__(self):
@@ -52,6 +66,11 @@ class RegistryLLMServer(LLMServer):
         # Ahead of vLLM's own /v1/models, which knows nothing of the registry.
         app.router.routes.insert(0, APIRoute("/v1/models", self._models, methods=["GET"]))
         app.router.routes.insert(0, APIRoute("/readyz", self._ready, methods=["GET"]))
+        if self._http is not None:
+            # vLLM's build_app builds the middleware stack eagerly; Starlette
+            # rebuilds it lazily, outermost the middlewares added last (ours).
+            app.middleware_stack = None
+            security.install(app, self._http)
         return app
 
     async def _models(self, request: Request) -> JSONResponse:
@@ -72,9 +91,12 @@ class RegistryLLMServer(LLMServer):
 def build(args: ChatArgs) -> Application:
     args = ChatArgs.model_validate(args)
     resolved = resolve(args.model)
+    bind_kwargs: dict[str, Any] = {"registry": registry_source(args.model, resolved)}
+    if args.http is not None:  # names and sources only: the keys are read in the replica
+        bind_kwargs["http"] = args.http.model_dump(mode="json")
     return build_llm_deployment(
         llm_config(args.model, resolved),
         name_prefix="LLMServer:",
-        bind_kwargs={"registry": registry_source(args.model, resolved)},
+        bind_kwargs=bind_kwargs,
         deployment_cls=serve.ingress()(RegistryLLMServer),
     )

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from ray import serve
 from ray.serve import Application
 
-from apps import http_errors
+from apps import http_errors, security
 from deployments.aggregate import top_k
 from deployments.errors import InvalidInput, NotFound
 from deployments.feature_lookup import FeatureLookup, FeatureLookupConfig
@@ -60,6 +60,9 @@ class RecommendArgs(BaseModel):
         30.0, gt=0, description="check_health fails (Serve replaces the replica) once a backend is unreachable this long."
     )
     explain: Optional[ExplainConfig] = Field(None, description="Explain the top item with an LLM; off when absent.")
+    http: Optional[security.HttpSecurity] = Field(
+        None, description="API keys, body limit and request ids (apps.security); none of them when absent."
+    )
 
 
 class RecommendRequest(BaseModel):
@@ -202,6 +205,14 @@ class Recommender:
         # embedded engine's DeploymentHandle (explain.llm.mode: embedded).
         self.graph = RecommendGraph(RecommendArgs.model_validate(args), llm_handle=llm)
         self._last_ready = time.monotonic()
+
+    async def __serve_build_asgi_app__(self):
+        """Serve calls this in the replica, after __init__, with `self.app` the
+        copy of `api` it froze at import. The middlewares go on here, not at
+        import on the driver: they need this app's `http` args and the keys in
+        the replica's environment or mounted files."""
+        http = self.graph.args.http
+        return security.install(self.app, http) if http is not None else self.app
 
     @api.post("/", response_model=RecommendResponse)
     async def recommend(self, request: RecommendRequest) -> RecommendResponse:

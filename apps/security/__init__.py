@@ -1,0 +1,92 @@
+"""HTTP hardening for the platform's apps: who may call (API keys), how much
+they may send (a body limit), and which request a log line belongs to
+(request ids). Three small ASGI middlewares, installed together from one
+typed config:
+
+    from apps import security
+    security.install(api, security.HttpSecurity(api_keys=[{"name": "primary", "env": "SG_KEY_PRIMARY"}]))
+
+Order, outermost first: RequestId -> ApiKeyAuth -> BodyLimit -> the app.
+
+- RequestId outermost, so every response the others produce (401, 413, 400)
+  carries X-Request-ID and their log lines carry the id.
+- ApiKeyAuth before BodyLimit: an anonymous caller gets 401 whatever it
+  sends, learns nothing (not even the limit), and its body is never read.
+- BodyLimit last, still outside the routes: 413 before FastAPI reads or
+  parses a byte of JSON.
+
+All three sit inside Starlette's ServerErrorMiddleware (always outermost), so
+an unhandled 500 skips them; under Ray Serve the proxy's own request-id
+middleware, outside the app, still stamps that response.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.applications import Starlette
+
+from apps.security.auth import DEFAULT_EXEMPT_PATHS, ApiKeyAuth, presented_key
+from apps.security.errors import ErrorFormat, error_body
+from apps.security.keys import ApiKeySource, KeyRing, KeyUnavailable
+from apps.security.limits import BodyLimit
+from apps.security.request_id import RequestId, RequestIdFilter, current_request_id, log_request_ids
+
+__all__ = [
+    "ApiKeyAuth",
+    "ApiKeySource",
+    "BodyLimit",
+    "DEFAULT_EXEMPT_PATHS",
+    "ErrorFormat",
+    "HttpSecurity",
+    "KeyRing",
+    "KeyUnavailable",
+    "RequestId",
+    "RequestIdFilter",
+    "current_request_id",
+    "error_body",
+    "install",
+    "log_request_ids",
+    "presented_key",
+]
+
+ExemptPath = Annotated[str, Field(pattern=r"^/[A-Za-z0-9._~/-]*$")]
+
+
+class HttpSecurity(BaseModel):
+    """The `http:` args of an app: API keys, body limit, request ids, error shape."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_keys: list[ApiKeySource] = Field(
+        default_factory=list,
+        description="Accepted keys, by name and source (env or file), never by value. Empty: every route is open.",
+    )
+    max_body_bytes: int = Field(1 << 20, gt=0, description="Largest accepted request body; larger gets 413.")
+    exempt_paths: list[ExemptPath] = Field(
+        default_factory=lambda: list(DEFAULT_EXEMPT_PATHS),
+        description="Paths open without a key (health probes), matched exactly, with or without the app's root_path.",
+    )
+    error_format: ErrorFormat = Field("project", description="project: {error: {code, message}}; openai: OpenAI's shape.")
+    echo_request_id: bool = Field(True, description="Set X-Request-ID on responses (Ray Serve's proxy also does).")
+
+    @field_validator("api_keys")
+    @classmethod
+    def _unique_names(cls, keys: list[ApiKeySource]) -> list[ApiKeySource]:
+        names = [key.name for key in keys]
+        if len(set(names)) != len(names):
+            raise ValueError(f"api key names must be unique, got {names}")
+        return keys
+
+
+def install(app: Starlette, config: Optional[HttpSecurity | dict] = None) -> Starlette:
+    """Add the three middlewares to `app` in order; keys are read now, so a
+    missing env var or Secret file fails here, at start, naming the key."""
+    config = HttpSecurity.model_validate(config or {})
+    # add_middleware puts each one outside those added before it.
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, error_format=config.error_format)
+    app.add_middleware(
+        ApiKeyAuth, keys=KeyRing(config.api_keys), exempt_paths=config.exempt_paths, error_format=config.error_format
+    )
+    app.add_middleware(RequestId, echo=config.echo_request_id)
+    return app

@@ -1,0 +1,96 @@
+"""API-key access control, as pure ASGI middleware.
+
+A caller presents a key as `Authorization: Bearer <key>` (what the official
+`openai` client sends) or `X-API-Key: <key>`. Every route needs one except
+the exempt paths (liveness and readiness, which probes call without
+credentials), matched exactly, with or without the app's root_path prefix:
+`/healthz` and `/recommend/healthz` are open, `/healthz/../v1` is not.
+
+Both a missing and a wrong key answer 401, as OpenAI, GitHub and Stripe do
+and as RFC 9110 means it: 401 is "no valid credentials", 403 is "valid
+credentials, not allowed", and a key here grants everything or nothing.
+Each 401 carries `WWW-Authenticate: Bearer` (RFC 6750; `error="invalid_token"`
+when a key was presented). The name of the matching key goes to
+`scope["state"]["api_key_name"]` (`request.state.api_key_name`) so logs can
+say which key was used; its value is never logged, echoed or repr'd.
+
+With no keys configured the middleware lets everything through and says so
+once, loudly, at start: fine on a laptop, never on a shared network.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Optional
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from apps.security.errors import ErrorFormat, send_error
+from apps.security.keys import KeyRing
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EXEMPT_PATHS = ("/healthz", "/readyz", "/health", "/-/healthz", "/-/routes")
+
+# (code, message, WWW-Authenticate) for no key and for a wrong one
+_MISSING = ("missing_api_key", "an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`", "Bearer")
+_INVALID = ("invalid_api_key", "the API key is not valid", 'Bearer error="invalid_token"')
+
+
+def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> Optional[bytes]:
+    """The key from `Authorization: Bearer <key>`, else from `X-API-Key`; None when neither."""
+    bearer = api_key = None
+    for name, value in headers:  # ASGI header names are lower-case
+        if name == b"authorization" and bearer is None:
+            scheme, _, token = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                bearer = token.strip()
+        elif name == b"x-api-key" and api_key is None and value.strip():
+            api_key = value.strip()
+    return bearer if bearer is not None else api_key
+
+
+class ApiKeyAuth:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        keys: KeyRing,
+        exempt_paths: Iterable[str] = DEFAULT_EXEMPT_PATHS,
+        error_format: ErrorFormat = "project",
+    ):
+        self.app = app
+        self.keys = keys
+        self.exempt = frozenset(exempt_paths)
+        self.error_format = error_format
+        if keys:
+            logger.info("API keys on: %s; open paths: %s", ", ".join(keys.names), ", ".join(sorted(self.exempt)))
+        else:
+            logger.warning("API keys are off: every route is open (configure api_keys to require a key)")
+
+    def is_exempt(self, scope: Scope) -> bool:
+        path, root = scope["path"], scope.get("root_path", "")
+        return path in self.exempt or (bool(root) and path.startswith(root) and path[len(root) :] in self.exempt)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.keys or scope["type"] not in ("http", "websocket") or self.is_exempt(scope):
+            await self.app(scope, receive, send)
+            return
+        key = presented_key(scope["headers"])
+        name = self.keys.match(key) if key is not None else None
+        if name is None:
+            await self._reject(scope, receive, send, missing=key is None)
+            return
+        scope = {**scope, "state": {**scope.get("state", {}), "api_key_name": name}}
+        await self.app(scope, receive, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, *, missing: bool) -> None:
+        method = scope.get("method", "WEBSOCKET")
+        logger.info("rejected %s %s: %s API key", method, scope["path"], "no" if missing else "invalid")
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})  # policy violation, before accept
+            return
+        code, message, challenge = _MISSING if missing else _INVALID
+        await send_error(
+            scope, receive, send, error_format=self.error_format, status=401, code=code, message=message,
+            headers={"WWW-Authenticate": challenge},
+        )

@@ -1,0 +1,74 @@
+"""API keys, the body limit and request ids on a served graph (apps.security,
+switched on by the recommend app's `http:` args), through Serve's HTTP path."""
+from __future__ import annotations
+
+import copy
+import secrets
+
+import httpx
+import pytest
+
+from tests.servers import deploy, restore, wait_app, wait_http
+
+REQUEST = {"user_id": 5, "item_ids": [1, 2, 3, 4], "k": 2, "explain": False}
+
+
+@pytest.fixture(scope="module")
+def keyed_url(serve_config, recommend_url, tmp_path_factory):
+    """The recommend graph again under /recommend-keys, with two named keys
+    from files (as Kubernetes Secrets are mounted) and a 4 KiB body limit."""
+    folder = tmp_path_factory.mktemp("keys")
+    keys = {"primary": secrets.token_urlsafe(24), "next": secrets.token_urlsafe(24)}
+    for name, value in keys.items():
+        (folder / name).write_text(value + "\n")
+    config = copy.deepcopy(serve_config)
+    app = copy.deepcopy(config["applications"][0])
+    app["name"], app["route_prefix"] = "recommend-keys", "/recommend-keys"
+    app["args"]["http"] = {
+        "api_keys": [{"name": name, "file": str(folder / name)} for name in keys],
+        "max_body_bytes": 4096,
+    }
+    config["applications"].append(app)
+    deploy(config)
+    wait_app("recommend-keys", {"RUNNING"}, timeout_s=180)
+    url = recommend_url.removesuffix("/recommend") + "/recommend-keys"
+    wait_http(f"{url}/readyz", timeout_s=60)
+    yield url, keys
+    restore(serve_config)
+
+
+def test_health_is_open_and_everything_else_needs_a_key(keyed_url):
+    url, _ = keyed_url
+    assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+    missing = httpx.post(url, json=REQUEST, timeout=10)
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    assert missing.json()["error"]["code"] == "missing_api_key"
+    wrong = httpx.post(url, json=REQUEST, headers={"Authorization": "Bearer not-a-key-of-this-app"}, timeout=10)
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_both_named_keys_work_during_a_rotation(keyed_url):
+    url, keys = keyed_url
+    bearer = httpx.post(url, json=REQUEST, headers={"Authorization": f"Bearer {keys['primary']}"}, timeout=10)
+    header = httpx.post(url, json=REQUEST, headers={"X-API-Key": keys["next"]}, timeout=10)
+    assert bearer.status_code == 200 and len(bearer.json()["items"]) == 2
+    assert header.status_code == 200 and header.json()["items"] == bearer.json()["items"]
+
+
+def test_a_body_over_the_limit_gets_413_and_the_graph_keeps_answering(keyed_url):
+    url, keys = keyed_url
+    auth = {"Authorization": f"Bearer {keys['primary']}"}
+    too_big = dict(REQUEST, item_ids=list(range(1, 2000)))
+    answer = httpx.post(url, json=too_big, headers=auth, timeout=10)
+    assert answer.status_code == 413
+    assert "4096" in answer.json()["error"]["message"]
+    assert httpx.post(url, json=REQUEST, headers=auth, timeout=10).status_code == 200
+
+
+def test_the_request_id_comes_back_on_answers_and_rejections(keyed_url):
+    url, keys = keyed_url
+    ok = httpx.post(url, json=REQUEST, headers={"X-API-Key": keys["primary"], "X-Request-ID": "req-abc.123"}, timeout=10)
+    rejected = httpx.post(url, json=REQUEST, headers={"X-Request-ID": "req-def.456"}, timeout=10)
+    assert "req-abc.123" in ok.headers.get_list("x-request-id")
+    assert "req-def.456" in rejected.headers.get_list("x-request-id")
