@@ -108,3 +108,43 @@ def start_ray_head(
         metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
         env=head_env,
     )
+
+
+def main() -> None:
+    """`python -m local_stack.ray_head`: a local Ray cluster to `serve deploy` to,
+    its worker node types those of the RayService (kuberay/local_cluster.py)."""
+    import argparse
+    import shutil
+    import signal
+    import tempfile
+
+    from local_stack.ray_env import local_ray_env, stop_haproxy
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--num-cpus", type=int, default=8, help="the head's logical CPUs (default 8)")
+    parser.add_argument("--idle-timeout-s", type=float, default=60, help="idle worker nodes go after this long")
+    parser.add_argument("--dashboard-port", type=int, default=8265)
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    temp_dir = tempfile.mkdtemp(prefix="sg-ray-", dir="/tmp")
+    env = private_cluster_env(local_ray_env(), temp_dir)
+    head = start_ray_head(env, temp_dir, num_cpus=args.num_cpus, dashboard_port=args.dashboard_port,
+                          fake_autoscaling={"idle_timeout_s": args.idle_timeout_s})
+    token = env["RAY_AUTH_TOKEN_PATH"]
+    print(f"Ray head at {head.address}, dashboard {head.dashboard_url}, metrics {head.metrics_url}")
+    print("Worker node types (added on demand): the RayService's worker groups, see kuberay/local_cluster.py")
+    print(f"  RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token} \\\n"
+          f"    python -m apps.deploy CONFIG.yaml --address {head.dashboard_url}")
+    print("Ctrl-C stops the cluster", flush=True)
+    try:
+        head.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        head.stop()
+        stop_haproxy(env)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
