@@ -3,7 +3,7 @@ application `args` (docs/graphs.md).
 
     applications:
       - name: recommend
-        import_path: apps.graph:build      # the Serve builder: wired in next (see below)
+        import_path: apps.graph:build
         args:
           graph: {name: ..., request: ..., nodes: ..., flow: ..., output: ...}
 
@@ -12,13 +12,11 @@ of deployments/graph/validate.py run in its validator, so a bad graph fails
 where the config is loaded, naming the key). `in_process(args)` builds the
 graph as a plain `GraphExecutor`: a notebook prototype, tests, no Ray.
 
-Serve seam (not built yet): `build(args)` will make an ingress deployment
-whose replica holds `GraphExecutor(spec, node_factory=...)`, where the factory
-returns `inline_node(name, spec)` for `placement: inline` and, for
-`placement: deployment`, a proxy whose `async run(inputs)` is
-`await handle.run.remote(inputs)` on a deployment that wraps
-`inline_node(name, spec)` with the node's num_replicas / autoscaling_config /
-ray_actor_options / max_ongoing_requests.
+`build(args)` is the Serve builder (deployments/graph/serving.py): an ingress
+deployment running the GraphExecutor, one `GraphNode` deployment per node
+with `placement: deployment` (its own num_replicas / autoscaling_config /
+ray_actor_options / max_ongoing_requests), and an engine deployment per
+`mode: embedded` LLM node.
 """
 from __future__ import annotations
 
@@ -87,3 +85,43 @@ def in_process(args: GraphArgs | dict[str, Any]) -> GraphExecutor:
     """The graph as a plain async object: every node inline, in this process."""
     args = args if isinstance(args, GraphArgs) else parse_args(args)
     return GraphExecutor(args.graph)
+
+
+def _engine(name: str, node: Any) -> Any:
+    """An embedded LLM node's engine: ray.serve.llm's LLMServer, in this app."""
+    from ray.serve.llm import build_llm_deployment
+
+    from deployments.llm_engine import llm_config, resolve
+
+    engine = node.config.engine
+    return build_llm_deployment(llm_config(engine, resolve(engine)), name_prefix=f"GraphLLM:{name}:")
+
+
+def _node_options(name: str, node: Any) -> dict[str, Any]:
+    options: dict[str, Any] = {"name": f"node:{name}"}
+    if node.num_replicas is not None:
+        options["num_replicas"] = node.num_replicas
+    if node.autoscaling_config is not None:
+        options["autoscaling_config"] = node.autoscaling_config
+    if node.max_ongoing_requests is not None:
+        options["max_ongoing_requests"] = node.max_ongoing_requests
+    if node.ray_actor_options is not None:
+        options["ray_actor_options"] = node.ray_actor_options.model_dump(exclude_none=True)
+    return options
+
+
+def build(args: GraphArgs) -> Any:
+    """The Serve builder: Serve validates `args` against the annotation (a bad
+    graph fails the deploy, each problem named by its path) and calls this."""
+    from deployments.graph.serving import GraphIngress, GraphNode
+    from deployments.llm_node import EmbeddedLLMConfig
+
+    args = args if isinstance(args, GraphArgs) else parse_args(args)
+    plain = args.model_dump(mode="json", exclude_unset=True)
+    engines = {name: _engine(name, node) for name, node in args.graph.nodes.items()
+               if getattr(node, "kind", None) == "llm" and isinstance(node.config, EmbeddedLLMConfig)}
+    apart = {}
+    for name, node in args.graph.nodes.items():
+        if node.placement == "deployment":
+            apart[name] = GraphNode.options(**_node_options(name, node)).bind(plain, name, engines.pop(name, None))
+    return GraphIngress.bind(plain, nodes=apart, llms=engines)
