@@ -138,8 +138,9 @@ class RecommendGraph:
             frame = await self.features.lookup(rows)
             if frame.missing:
                 raise NotFound(frame.missing)
+        ref = self.ranker.current()  # one version for the whole request, even mid-rollout
         with self.metrics.measure("ranker", timings):
-            scores = await self.ranker.infer(frame.matrix(self.ranker.ref.input_features))
+            scores = await self.ranker.infer(frame.matrix(ref.input_features), ref)
         with self.metrics.measure("aggregate", timings):
             best = top_k(request.item_ids, scores, request.k)
             position = {item: row for row, item in enumerate(request.item_ids)}
@@ -156,7 +157,7 @@ class RecommendGraph:
             explanation=explanation,
             user_id=request.user_id,
             items=items,
-            model=served(self.ranker.ref),
+            model=served(ref),
             feature_timestamps={"user_features": _utc(frame.view_timestamp("user_features", 0))},
             latency_ms=timings,
         )

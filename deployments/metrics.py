@@ -14,13 +14,21 @@ from typing import Iterator
 from deployments.errors import GraphError
 
 LATENCY_BOUNDARIES_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+SCORE_BOUNDARIES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
 
 
 class NodeMetrics:
+    """Per node: latency, errors. Per split variant (A/B): requests by outcome
+    and latency. Per model version: the distribution of the scores it gave.
+    Together they compare a challenger with the champion."""
+
     def __init__(self, graph: str):
         self.graph = graph
         self._latency = None
         self._errors = None
+        self._variant_latency = None
+        self._variant_requests = None
+        self._scores = None
         try:
             import ray
 
@@ -37,6 +45,23 @@ class NodeMetrics:
                     "graph_node_errors_total",
                     description="Failed node calls of an inference graph, by error code.",
                     tag_keys=("graph", "node", "error"),
+                )
+                self._variant_latency = metrics.Histogram(
+                    "graph_variant_latency_ms",
+                    description="Latency of one variant of a split (A/B), in milliseconds.",
+                    boundaries=LATENCY_BOUNDARIES_MS,
+                    tag_keys=("graph", "split", "variant"),
+                )
+                self._variant_requests = metrics.Counter(
+                    "graph_variant_requests_total",
+                    description="Requests routed to one variant of a split, by outcome (ok or the error code).",
+                    tag_keys=("graph", "split", "variant", "outcome"),
+                )
+                self._scores = metrics.Histogram(
+                    "graph_model_scores",
+                    description="Scores a model node returned, per model version (one observation per item).",
+                    boundaries=SCORE_BOUNDARIES,
+                    tag_keys=("graph", "node", "model", "version"),
                 )
         except ImportError:  # pragma: no cover - Ray is a dependency
             pass
@@ -62,3 +87,24 @@ class NodeMetrics:
             timings[node] = round(elapsed_ms, 3)
             if self._latency is not None:
                 self._latency.observe(elapsed_ms, tags={"graph": self.graph, "node": node})
+
+    @contextmanager
+    def variant(self, split: str, variant: str) -> Iterator[None]:
+        """Count and time one request on a split's chosen variant."""
+        started, outcome = time.perf_counter(), "ok"
+        try:
+            yield
+        except Exception as error:
+            outcome = error.code if isinstance(error, GraphError) else "internal_error"
+            raise
+        finally:
+            tags = {"graph": self.graph, "split": split, "variant": variant}
+            if self._variant_latency is not None:
+                self._variant_latency.observe((time.perf_counter() - started) * 1000.0, tags=tags)
+                self._variant_requests.inc(tags={**tags, "outcome": outcome})
+
+    def observe_scores(self, node: str, model: dict, scores: list[float]) -> None:
+        if self._scores is not None:
+            tags = {"graph": self.graph, "node": node, "model": str(model.get("name")), "version": str(model.get("version"))}
+            for score in scores:
+                self._scores.observe(float(score), tags=tags)

@@ -1,17 +1,24 @@
 """Triton model node: KServe v2 inference through `tritonclient`'s asyncio
 clients (gRPC by default, HTTP selectable). The model version is resolved
-from an MLflow alias at start-up; one client (one channel / connection pool)
-is reused for every call; every call is bounded by a timeout."""
+from an MLflow alias at start-up and, with `alias_poll_s`, again every so
+often: moving the alias in the registry rolls the running graph to the new
+version without a redeploy, once Triton serves it (a version Triton lacks
+is refused, loudly, and the old one keeps serving). One client (one channel
+/ connection pool) is reused for every call; every call is bounded by a
+timeout."""
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+import logging
+from typing import Literal, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.errors import BackendTimeout, BackendUnavailable
 from deployments.registry import ModelRef, resolve_alias
+
+logger = logging.getLogger(__name__)
 
 
 class TritonModelConfig(BaseModel):
@@ -28,6 +35,9 @@ class TritonModelConfig(BaseModel):
     reconnect_backoff_max_ms: int = Field(
         1000, ge=100, description="gRPC reconnect backoff cap: how soon a restarted Triton is used again."
     )
+    alias_poll_s: Optional[float] = Field(
+        None, gt=0, description="Re-resolve the alias this often (a registry-driven rollout); once at start when absent."
+    )
 
 
 class TritonModel:
@@ -36,7 +46,48 @@ class TritonModel:
     def __init__(self, config: TritonModelConfig):
         self.config = config
         self.ref: ModelRef = resolve_alias(config.registry_uri, config.model, config.alias)
+        self.rollout_problem: Optional[str] = None  # why the alias's current target is not served
         self._client = None
+        self._poller: Optional[asyncio.Task] = None
+
+    def current(self) -> ModelRef:
+        """The version to use for one request: read once per request, so a
+        rollout between two of its steps cannot mix versions."""
+        if self.config.alias_poll_s and self._poller is None:
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+        return self.ref
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.alias_poll_s)
+            try:
+                await self.refresh()
+            except Exception as error:  # the registry down: keep serving what we have
+                self.rollout_problem = f"registry: {_short(error)}"
+                logger.warning("%s@%s: %s; still serving version %s", self.config.model, self.config.alias, self.rollout_problem, self.ref.version)
+
+    async def refresh(self) -> ModelRef:
+        """Follow the alias to its version now, if Triton serves that version."""
+        new = await asyncio.to_thread(resolve_alias, self.config.registry_uri, self.config.model, self.config.alias)
+        if new.version == self.ref.version:
+            self.rollout_problem = None
+            return self.ref
+        try:
+            ready = await asyncio.wait_for(self.client.is_model_ready(self.config.model, new.version), self.config.timeout_s)
+        except Exception as error:
+            ready, reason = False, _short(error)
+        else:
+            reason = "not ready"
+        if not ready:
+            problem = (f"{new.name}@{new.alias} points to version {new.version}, which Triton at {self.config.url} "
+                       f"does not serve ({reason}); still serving version {self.ref.version}")
+            if problem != self.rollout_problem:
+                logger.error(problem)
+            self.rollout_problem = problem
+            return self.ref
+        logger.info("%s@%s: version %s -> %s", new.name, new.alias, self.ref.version, new.version)
+        self.ref, self.rollout_problem = new, None
+        return new
 
     @property
     def client(self):
@@ -69,7 +120,9 @@ class TritonModel:
             import tritonclient.http as triton
         return triton
 
-    async def infer(self, batch: np.ndarray) -> np.ndarray:
+    async def infer(self, batch: np.ndarray, ref: Optional[ModelRef] = None) -> np.ndarray:
+        """Scores of `batch` from version `ref` (default: the current one)."""
+        ref = ref or self.current()
         triton = self._module()
         inputs = triton.InferInput(self.config.input_name, list(batch.shape), "FP32")
         inputs.set_data_from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
@@ -77,7 +130,7 @@ class TritonModel:
         kwargs = {"client_timeout": self.config.timeout_s} if self.config.protocol == "grpc" else {}
         try:
             result = await asyncio.wait_for(
-                self.client.infer(self.config.model, [inputs], model_version=self.ref.version, outputs=outputs, **kwargs),
+                self.client.infer(self.config.model, [inputs], model_version=ref.version, outputs=outputs, **kwargs),
                 self.config.timeout_s,
             )
         except asyncio.TimeoutError:
@@ -89,16 +142,20 @@ class TritonModel:
         return result.as_numpy(self.config.output_name).reshape(len(batch))
 
     async def ready(self) -> tuple[bool, str]:
+        ref = self.current()
         try:
-            ok = await asyncio.wait_for(
-                self.client.is_model_ready(self.config.model, self.ref.version), self.config.timeout_s
-            )
+            ok = await asyncio.wait_for(self.client.is_model_ready(self.config.model, ref.version), self.config.timeout_s)
         except Exception as error:
             return False, f"{self.config.url}: {_short(error) or type(error).__name__}"
-        detail = f"{self.ref.name} version {self.ref.version} (@{self.ref.alias})"
+        detail = f"{ref.name} version {ref.version} (@{ref.alias})"
+        if self.rollout_problem:
+            detail += f"; rollout held: {self.rollout_problem}"
         return bool(ok), detail if ok else f"{detail} not ready on {self.config.url}"
 
     async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            self._poller = None
         if self._client is not None:
             await self._client.close()
             self._client = None

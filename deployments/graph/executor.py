@@ -152,9 +152,12 @@ class GraphExecutor:
         index = choose([v.weight for v in step.variants], step.salt or step.name, key)
         variant = step.variants[index]
         run.routes[step.name] = variant.name
-        if not shadowed:
-            self.route_counts[(step.name, variant.name)] += 1
-        return await self._step(variant.then, run, f"{path}.variants[{index}].then", shadowed)
+        then = self._step(variant.then, run, f"{path}.variants[{index}].then", shadowed)
+        if shadowed:
+            return await then
+        self.route_counts[(step.name, variant.name)] += 1
+        with self.metrics.variant(step.name, variant.name):
+            return await then
 
     async def _shadow(self, step: ShadowStep, run: _Run, path: str, shadowed: bool) -> Any:
         before = dict(run.state)
@@ -199,6 +202,8 @@ class GraphExecutor:
         try:
             with self.metrics.measure(name, run.timings):
                 output = await self._call(name, spec, run.state)
+            if isinstance(output, dict) and isinstance(output.get("scores"), list) and isinstance(output.get("model"), dict):
+                self.metrics.observe_scores(name, output["model"], output["scores"])
         except GraphError as error:
             if spec.dependency == "hard":
                 raise

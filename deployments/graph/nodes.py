@@ -82,7 +82,7 @@ class TritonRunner:
 
     async def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
         features = inputs["features"]
-        ref = self.model.ref
+        ref = self.model.current()
         if isinstance(features, FeatureFrame):
             missing = sorted(set(ref.input_features) - set(features.values))
             if not ref.input_features or missing:
@@ -90,7 +90,7 @@ class TritonRunner:
             batch = features.matrix(ref.input_features)
         else:
             batch = np.asarray(features, dtype=np.float32)
-        scores = await self.model.infer(batch)
+        scores = await self.model.infer(batch, ref)
         return {"scores": [float(s) for s in scores], "model": served(ref).model_dump()}
 
     async def ready(self) -> tuple[bool, str]:

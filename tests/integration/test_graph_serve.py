@@ -4,12 +4,13 @@ apart as deployments of their own."""
 from __future__ import annotations
 
 import copy
+import time
 
 import httpx
 import pytest
 import yaml
 
-from tests.servers import deploy, replicas, restore, wait_app, wait_http
+from tests.servers import deploy, metric_sum, replicas, restore, scrape, wait_app, wait_http
 
 ITEMS = list(range(1, 11))
 
@@ -100,3 +101,33 @@ def test_the_ab_graph_is_sticky_and_names_the_version(graphs):
 def test_the_graph_draws_itself(graphs):
     text = httpx.get(f"{graphs['ab']}/graph", timeout=10).text
     assert text.startswith("flowchart") and "champion" in text and "challenger" in text
+
+
+def test_each_variant_has_its_requests_latency_and_score_distribution(graphs, ray_cluster):
+    """What compares a challenger with the champion, on Ray's Prometheus endpoint."""
+    sent = {"champion": 0, "challenger": 0}
+    for user in range(100, 120):
+        answer = httpx.post(graphs["ab"], json={"user_id": user, "item_ids": ITEMS, "k": 3}, timeout=10).json()
+        sent[answer["routes"]["ab"]] += 1
+
+    def counted() -> dict[str, float]:
+        text = scrape(ray_cluster["metrics_url"])
+        return {
+            variant: metric_sum(text, "ray_graph_variant_requests_total", graph="recommend_ab", variant=variant, outcome="ok")
+            for variant in sent
+        } | {
+            f"latency:{variant}": metric_sum(text, "ray_graph_variant_latency_ms_count", graph="recommend_ab", variant=variant)
+            for variant in sent
+        } | {
+            f"scores:{version}": metric_sum(text, "ray_graph_model_scores_count", graph="recommend_ab", version=version)
+            for version in ("1", "2")
+        }
+
+    deadline = time.monotonic() + 30
+    while any((seen := counted())[v] < n for v, n in sent.items()) and time.monotonic() < deadline:
+        time.sleep(1)
+    for variant, count in sent.items():
+        assert seen[variant] >= count > 0  # earlier tests of this module sent some too
+        assert seen[f"latency:{variant}"] == seen[variant]
+    # every request scores its 10 items with its variant's version, and the shadow's ensemble scores with both
+    assert seen["scores:1"] >= 10 * sent["champion"] and seen["scores:2"] >= 10 * sent["challenger"]
