@@ -12,6 +12,7 @@ import time
 import httpx
 import pytest
 
+from tests.integration.test_graph_serve import graph_app
 from tests.servers import deploy, replicas, restore, wait_app
 
 REQUEST = {"user_id": 9, "item_ids": list(range(1, 21)), "k": 5, "explain": False}
@@ -49,13 +50,13 @@ class Load:
         self._thread.join(60)
 
 
-def wait_replicas(count: int, timeout_s: float) -> float:
+def wait_replicas(count: int, timeout_s: float, key: str = KEY) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
-        if len(replicas().get(KEY, ())) == count:
+        if len(replicas().get(key, ())) == count:
             return time.monotonic() - started
         time.sleep(0.5)
-    raise AssertionError(f"{KEY}: {len(replicas().get(KEY, ()))} replicas, not {count}, after {timeout_s} s")
+    raise AssertionError(f"{key}: {len(replicas().get(key, ()))} replicas, not {count}, after {timeout_s} s")
 
 
 @pytest.mark.parametrize(
@@ -89,5 +90,36 @@ def test_a_graph_deployment_scales_out_under_load_and_back_when_it_stops(policy,
         down_s = wait_replicas(1, timeout_s=120)
         print(f"\n{len(load.statuses)} requests; 2 replicas after {up_s:.1f} s of load, 1 again {down_s:.1f} s after it stopped")
         assert load.statuses and set(load.statuses) == {200}
+    finally:
+        restore(serve_config)
+
+
+def test_a_graphs_triton_node_scales_on_its_queue(serve_config, deployed, triton, chat_url):
+    """The recommend graph with its Triton node placed apart: that node's own
+    deployment scales on its backlog (QueueDepthPolicy), the rest stays put."""
+    app = graph_app("configs/graphs/recommend.yaml", triton, chat_url, "tiny-llama")
+    app["name"], app["route_prefix"] = "queue", "/graph/queue"
+    app["args"]["graph"]["nodes"]["ranker"].update(
+        placement="deployment",
+        max_ongoing_requests=2,
+        autoscaling_config={"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1000,
+                            "upscale_delay_s": 1, "downscale_delay_s": 5, "metrics_interval_s": 1, "look_back_period_s": 2,
+                            "policy": QUEUE_DEPTH},
+    )
+    config = copy.deepcopy(serve_config)
+    config["applications"].append(app)
+    deploy(config)
+    key = "queue#node:ranker"
+    try:
+        wait_app("queue", {"RUNNING"}, timeout_s=120)
+        # The ingress's start-up calls (queued while the node's replica starts) may scale it first: let it settle.
+        wait_replicas(1, timeout_s=60, key=key)
+        with Load(f"{deployed}/graph/queue", concurrency=16) as load:
+            up_s = wait_replicas(2, timeout_s=120, key=key)
+            time.sleep(2)
+        down_s = wait_replicas(1, timeout_s=120, key=key)
+        print(f"\n{len(load.statuses)} requests; Triton node: 2 replicas after {up_s:.1f} s of load, 1 again {down_s:.1f} s after it stopped")
+        assert load.statuses and set(load.statuses) == {200}
+        assert len(replicas()["queue#GraphIngress"]) == 1
     finally:
         restore(serve_config)
