@@ -1,5 +1,6 @@
 """The declarative graphs in-process against the local stack (Feast, MLflow,
-Triton on loopback): no Ray. Uses only the `stack` and `triton` fixtures."""
+Triton on loopback): no Ray, except the notebook's last part, which runs the
+same graph under Serve on the session's cluster."""
 import asyncio
 
 import pytest
@@ -133,13 +134,16 @@ def _feature_names(stack) -> list[str]:
     return FeatureLookup(FeatureLookupConfig()).feature_names
 
 
-def test_the_prototype_notebook_runs_top_to_bottom(stack):
-    """notebooks/prototype_graph.ipynb starts its own Triton, runs both graphs, stops it."""
+def test_the_prototype_notebook_runs_top_to_bottom(stack, ray_cluster, deployed, monkeypatch):
+    """notebooks/prototype_graph.ipynb starts its own Triton, runs both graphs
+    in-process, then the first under Serve on the session's cluster, stops it."""
     import nbformat
     from nbclient import NotebookClient
 
     from deployments.paths import PROJECT_ROOT
 
+    monkeypatch.setenv("RAY_ADDRESS", ray_cluster["address"])
+    monkeypatch.setenv("SERVE_URL", deployed)
     notebook = nbformat.read(PROJECT_ROOT / "notebooks" / "prototype_graph.ipynb", as_version=4)
     NotebookClient(notebook, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(PROJECT_ROOT / "notebooks")}}).execute()
     outputs = {index: "".join(o.get("text", "") for o in cell.get("outputs", [])) for index, cell in enumerate(notebook.cells)}
@@ -148,4 +152,5 @@ def test_the_prototype_notebook_runs_top_to_bottom(stack):
     assert any(o.get("data", {}).get("image/png") for cell in notebook.cells for o in cell.get("outputs", []))
     assert '"model": {\n  "name": "ranker",\n  "version": "1",\n  "alias": "champion"\n }' in text
     assert "per variant:" in text and "failed=0" in text
+    assert "under Serve: version 1 | same ranking as in-process: True" in text
     assert text.rstrip().endswith("Triton stopped: True")
