@@ -8,13 +8,24 @@ then fail at run time.
   the chat app through the serve Service;
 - Serve listens on 0.0.0.0 and on the port the serve Service targets;
 - the GPU replicas Serve may autoscale to fit in the GPU worker groups
-  that declare their GPU type to Ray's autoscaler.
+  that declare their GPU type to Ray's autoscaler;
+- every application requires API keys (`args.http.api_keys`), each read
+  from a file of the Secret the worker pods mount (`secrets.api_keys` in
+  kuberay/cluster.yaml): `<mount_path>/<key>`, never an environment
+  variable (the pods set none for keys), never a path the pods do not have;
+- an LLM node that calls the chat app through the serve Service sends a key.
 """
 from __future__ import annotations
 
+import re
+from pathlib import PurePosixPath
 from typing import Any, Iterator, Optional
 
 from kuberay.spec import ClusterSpec
+
+# A Secret's data keys, hence the file names of a mounted Secret (never ".", "..",
+# or "..*": the kubelet's own `..data` entries).
+SECRET_KEY = re.compile(r"^(?!\.\.)(?!\.$)[-._a-zA-Z0-9]+$")
 
 
 def _registry_uris(node: Any, path: str) -> Iterator[tuple[str, Any]]:
@@ -44,6 +55,46 @@ def _gpu_demand(app: dict[str, Any]) -> tuple[Optional[str], int]:
     return model.get("accelerator_type"), int(replicas) * int((model.get("engine") or {}).get("tensor_parallel_size", 1))
 
 
+def _api_key_problems(spec: ClusterSpec, app: dict[str, Any], prefix: str) -> list[str]:
+    """The app's keys are on, and every key file is a key of the mounted Secret."""
+    volume = spec.secrets.api_keys
+    mount = PurePosixPath(volume.mount_path)
+    http = (app.get("args") or {}).get("http")
+    keys = http.get("api_keys") if isinstance(http, dict) else None
+    field = f"{prefix}.args.http.api_keys"
+    if not keys or not isinstance(keys, list):
+        return [
+            f"{field}: none, so every route of application {app.get('name')!r} would be open to whoever reaches "
+            f"the Ingress; add keys read from files of the Secret {volume.name!r} ({mount}/<key>)"
+        ]
+    found = []
+    for index, key in enumerate(keys):
+        here = f"{field}[{index}]"
+        if not isinstance(key, dict):
+            continue
+        if key.get("env") is not None:
+            found.append(
+                f"{here}.env: {key['env']!r}, but on the cluster keys are files of the mounted Secret "
+                f"{volume.name!r}; use file: {mount}/<key>"
+            )
+            continue
+        file = key.get("file")
+        if file is None:
+            continue
+        path = PurePosixPath(str(file))
+        if path.parent != mount or not SECRET_KEY.match(path.name):
+            found.append(
+                f"{here}.file: {str(file)!r} is not under the mounted Secret {volume.name!r}: the worker pods "
+                f"have its keys as {mount}/<key> (secrets.api_keys.mount_path in kuberay/cluster.yaml)"
+            )
+    return found
+
+
+def _requires_keys(app: dict[str, Any]) -> bool:
+    http = (app.get("args") or {}).get("http")
+    return isinstance(http, dict) and bool(http.get("api_keys"))
+
+
 def problems(spec: ClusterSpec, serve_config: dict[str, Any]) -> list[str]:
     found: list[str] = []
     http = serve_config.get("http_options") or {}
@@ -56,8 +107,12 @@ def problems(spec: ClusterSpec, serve_config: dict[str, Any]) -> list[str]:
     vllm_url = f"http://{spec.service_host(spec.vllm.name)}:{spec.vllm.port}/v1"
     chat_url = f"http://{spec.service_host(spec.rayservice.serve_service)}:{spec.rayservice.serve_port}/v1"
     gpu_demand: dict[Optional[str], int] = {}
-    for index, app in enumerate(serve_config.get("applications") or []):
+    applications = serve_config.get("applications") or []
+    # The OpenAI API at <serve Service>/v1 is the app routed at "/".
+    chat_needs_key = any(isinstance(a, dict) and a.get("route_prefix", "/") == "/" and _requires_keys(a) for a in applications)
+    for index, app in enumerate(applications):
         prefix = f"applications[{index}]"
+        found += _api_key_problems(spec, app, prefix)
         args = app.get("args") or {}
         for path, uri in _registry_uris(args, f"{prefix}.args"):
             if uri != spec.mlflow_uri:
@@ -74,6 +129,11 @@ def problems(spec: ClusterSpec, serve_config: dict[str, Any]) -> list[str]:
                 found.append(f"{prefix}.args.explain.llm.url: {llm['url']!r}, but the LLM services are {vllm_url!r} and {chat_url!r}")
             elif llm["url"].rstrip("/") == vllm_url and llm.get("model") != spec.vllm.model:
                 found.append(f"{prefix}.args.explain.llm.model: {llm.get('model')!r}, but the vLLM server serves {spec.vllm.model!r}")
+            elif llm["url"].rstrip("/") == chat_url and chat_needs_key and not llm.get("api_key_env"):
+                found.append(
+                    f"{prefix}.args.explain.llm.api_key_env: unset, but {llm['url']!r} is the chat app, which "
+                    "requires an API key (every call would get 401)"
+                )
         kind, gpus = _gpu_demand(app)
         if gpus:
             gpu_demand[kind] = gpu_demand.get(kind, 0) + gpus

@@ -8,12 +8,21 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from kuberay.spec import ClusterSpec, Placement, SecretRef
+from kuberay.spec import ClusterSpec, Placement, SecretRef, SecretVolume
 
 LABEL_APP = "app.kubernetes.io/name"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_PART_OF = "app.kubernetes.io/part-of"
 PART_OF = "serve-graphs"
+
+# Mode of files from Secrets (and the autoscaler's API credentials): read by
+# owner and group only. The kubelet makes them root-owned with the pod's
+# fsGroup as group, so 0440 is the least that lets the pods' user (uid 1000,
+# in that group) read them; 0400 would leave them readable by root alone.
+SECRET_FILE_MODE = 0o440
+# Where Kubernetes clients (Ray's KubeRay autoscaler included) look for the
+# pod's service-account credentials: token, ca.crt, namespace.
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 def labels(component: str, name: Optional[str] = None) -> dict[str, str]:
@@ -36,12 +45,19 @@ def pod_security_context(spec: ClusterSpec) -> dict[str, Any]:
     }
 
 
-def container_security_context(read_only_root: bool) -> dict[str, Any]:
-    """`read_only_root` is False only where the image keeps its Python
+def container_security_context(spec: ClusterSpec, read_only_root: bool) -> dict[str, Any]:
+    """Complete on its own (user and group too, not only inherited from the
+    pod): KubeRay copies the Ray container's context into the init container
+    it injects (`wait-gcs-ready`), and the autoscaler sidecar gets exactly the
+    one given in `autoscalerOptions`.
+
+    `read_only_root` is False only where the image keeps its Python
     installation in the home directory that the program writes caches to
     (the rayproject/ray images: /home/ray/anaconda3 next to ~/.cache)."""
     return {
         "runAsNonRoot": True,
+        "runAsUser": spec.security.run_as_user,
+        "runAsGroup": spec.security.run_as_group,
         "allowPrivilegeEscalation": False,
         "privileged": False,
         "capabilities": {"drop": ["ALL"]},
@@ -86,6 +102,35 @@ def empty_dir(name: str, size_limit: Optional[str] = None, memory: bool = False)
     if size_limit:
         source["sizeLimit"] = size_limit
     return {"name": name, "emptyDir": source}
+
+
+def secret_volume(name: str, ref: SecretVolume) -> dict[str, Any]:
+    """The whole Secret as files (no `items`: a key missing from it is a
+    missing file, which an `optional` API key slot tolerates). Not optional
+    itself: without the Secret the pod waits in ContainerCreating with an
+    event naming it, instead of starting replicas that cannot authenticate."""
+    return {"name": name, "secret": {"secretName": ref.name, "defaultMode": SECRET_FILE_MODE}}
+
+
+def service_account_volume(name: str) -> dict[str, Any]:
+    """The service-account credentials Kubernetes would mount into every
+    container of a pod (the same projection its admission plugin adds:
+    token, cluster CA, namespace), as a volume of its own. With
+    `automountServiceAccountToken: false` on the pod, only the container that
+    mounts this volume at SERVICE_ACCOUNT_DIR holds the token."""
+    return {
+        "name": name,
+        "projected": {
+            "defaultMode": SECRET_FILE_MODE,
+            "sources": [
+                # 3607 s: what the admission plugin requests; the kubelet refreshes it
+                # before it expires, and Ray's autoscaler re-reads it every minute.
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+            ],
+        },
+    }
 
 
 def mount(name: str, path: str, read_only: bool = False) -> dict[str, Any]:

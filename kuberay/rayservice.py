@@ -17,6 +17,9 @@ from kuberay.spec import ClusterSpec, Resources, WorkerGroup
 GCS_PORT, DASHBOARD_PORT, CLIENT_PORT, METRICS_PORT, AGENT_PORT = 6379, 8265, 10001, 8080, 52365
 # The dashboard agent's unified check (Ray >= 2.53): raylet, plus GCS on the head.
 NODE_HEALTH_PATH = "/api/healthz"
+# Volumes of the Ray pods (KubeRay adds its own: shared-mem at /dev/shm, ray-logs at /tmp/ray on the head).
+API_KEYS_VOLUME = "api-keys"
+AUTOSCALER_API_VOLUME = "autoscaler-api-access"
 
 
 def ray_env(spec: ClusterSpec) -> list[dict[str, Any]]:
@@ -66,6 +69,15 @@ def _probes(serve_port: int, head: bool) -> dict[str, Any]:
 
 
 def _ray_pod(spec: ClusterSpec, container_name: str, resources: Resources, placement, head: bool) -> dict[str, Any]:
+    """Head and worker pods. Neither mounts a service-account token into its
+    Ray container (`automountServiceAccountToken: false`): nothing in Ray's
+    processes calls the Kubernetes API. The head pod carries the credentials
+    of the ServiceAccount KubeRay creates for the autoscaler as a volume that
+    only the autoscaler sidecar mounts (autoscaler_options), so the dashboard
+    and its job API, in the Ray container, hold no API token.
+
+    Workers mount the API-key Secret read-only: Serve replicas run there (the
+    head has num-cpus 0), and read their keys from it when they start."""
     serve_port = spec.rayservice.serve_port
     container = {
         "name": container_name,
@@ -75,18 +87,23 @@ def _ray_pod(spec: ClusterSpec, container_name: str, resources: Resources, place
         "ports": _ports(serve_port, head),
         "resources": resources.manifest(),
         **_probes(serve_port, head),
-        "securityContext": pods.container_security_context(read_only_root=False),
+        "securityContext": pods.container_security_context(spec, read_only_root=False),
     }
+    if head:
+        volumes = [pods.service_account_volume(AUTOSCALER_API_VOLUME)]
+    else:
+        api_keys = spec.secrets.api_keys
+        container["volumeMounts"] = [pods.mount(API_KEYS_VOLUME, api_keys.mount_path, read_only=True)]
+        volumes = [pods.secret_volume(API_KEYS_VOLUME, api_keys)]
     pod_spec: dict[str, Any] = {
         "securityContext": pods.pod_security_context(spec),
+        "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 60,
         "containers": [container],
+        "volumes": volumes,
         **pods.placement(placement),
     }
-    if not head:
-        # Only the head's autoscaler sidecar talks to the Kubernetes API.
-        pod_spec["automountServiceAccountToken"] = False
     component = "ray-head" if head else "ray-worker"
     return {"metadata": {"labels": pods.labels(component, spec.rayservice.name)}, "spec": pod_spec}
 
@@ -136,8 +153,12 @@ def autoscaler_options(spec: ClusterSpec) -> dict[str, Any]:
         "idleTimeoutSeconds": autoscaler.idle_timeout_s,
         "imagePullPolicy": "IfNotPresent",
         "resources": autoscaler.resources.manifest(),
-        # The sidecar only reads /tmp/ray (a volume KubeRay adds) and calls the API.
-        "securityContext": pods.container_security_context(read_only_root=True),
+        # The sidecar only writes /tmp/ray (a volume KubeRay adds) and calls the API.
+        "securityContext": pods.container_security_context(spec, read_only_root=True),
+        # The only container with the API token: KubeRay sets the head pod's
+        # serviceAccountName to the account it binds the autoscaler's Role to,
+        # and Ray's autoscaler reads the token and CA from this directory.
+        "volumeMounts": [pods.mount(AUTOSCALER_API_VOLUME, pods.SERVICE_ACCOUNT_DIR, read_only=True)],
     }
 
 

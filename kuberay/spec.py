@@ -49,12 +49,40 @@ class SecretRef(Strict):
     optional: bool = Field(False, description="Start the pod even when the Secret or key is missing.")
 
 
+class SecretVolume(Strict):
+    """A whole Secret mounted read-only as files, one per key
+    (`<mount_path>/<key>`), with the restrictive mode of kuberay/pods.py.
+
+    For credentials a program reads from files: unlike environment
+    variables they do not show in `ps e`, `/proc/<pid>/environ` or crash
+    dumps, and the kubelet updates the files when the Secret changes."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    mount_path: str = Field(
+        pattern=r"^(/[A-Za-z0-9._-]+)+$", description="Absolute directory the Secret's keys appear in, as files."
+    )
+
+    @field_validator("mount_path")
+    @classmethod
+    def _plain(cls, path: str) -> str:
+        parts = path.split("/")[1:]
+        if any(part in (".", "..") for part in parts):
+            raise ValueError(f"mount_path {path!r} must not contain . or ..")
+        if path == "/var/run/secrets/kubernetes.io" or path.startswith("/var/run/secrets/kubernetes.io/"):
+            raise ValueError(f"mount_path {path!r} is where Kubernetes puts service-account credentials")
+        return path
+
+
 class Secrets(Strict):
     mlflow_username: SecretRef = Field(description="MLFLOW_TRACKING_USERNAME: the registry's basic-auth user.")
     mlflow_password: SecretRef = Field(description="MLFLOW_TRACKING_PASSWORD.")
     hf_token: SecretRef = Field(description="HF_TOKEN, for tokenizers or gated repos an engine may still fetch.")
     feast_redis_connection: SecretRef = Field(
         description="FEAST_REDIS_CONNECTION: Feast's Redis connection string (it carries the password)."
+    )
+    api_keys: SecretVolume = Field(
+        description="The apps' API keys, one Secret key per named key, mounted in the Ray worker pods (where the "
+        "replicas run); every http.api_keys[].file of the Serve config must be a file of it (kuberay/consistency.py)."
     )
 
 

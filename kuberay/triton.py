@@ -29,7 +29,7 @@ def _export_container(spec: ClusterSpec) -> dict[str, Any]:
         "env": [*pods.registry_env(spec), {"name": "HOME", "value": "/tmp"}],
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}},
         "volumeMounts": [pods.mount("models", REPOSITORY), pods.mount("tmp", "/tmp")],
-        "securityContext": pods.container_security_context(read_only_root=True),
+        "securityContext": pods.container_security_context(spec, read_only_root=True),
     }
 
 
@@ -58,7 +58,7 @@ def _server_container(spec: ClusterSpec) -> dict[str, Any]:
         "readinessProbe": pods.http_probe("/v2/health/ready", "http", period_s=5, failures=3),
         "livenessProbe": pods.http_probe("/v2/health/live", "http", period_s=10, failures=3),
         "volumeMounts": [pods.mount("models", REPOSITORY, read_only=True), pods.mount("tmp", "/tmp")],
-        "securityContext": pods.container_security_context(read_only_root=True),
+        "securityContext": pods.container_security_context(spec, read_only_root=True),
     }
 
 

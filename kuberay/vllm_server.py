@@ -44,7 +44,7 @@ def _fetch_container(spec: ClusterSpec) -> dict[str, Any]:
         "env": [*pods.registry_env(spec), {"name": "HOME", "value": "/tmp"}],
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}},
         "volumeMounts": [pods.mount("models", MODELS), pods.mount("tmp", "/tmp")],
-        "securityContext": pods.container_security_context(read_only_root=True),
+        "securityContext": pods.container_security_context(spec, read_only_root=True),
     }
 
 
@@ -89,7 +89,7 @@ def _server_container(spec: ClusterSpec) -> dict[str, Any]:
             pods.mount("tmp", "/tmp"),
             pods.mount("dshm", "/dev/shm"),
         ],
-        "securityContext": pods.container_security_context(read_only_root=True),
+        "securityContext": pods.container_security_context(spec, read_only_root=True),
     }
 
 

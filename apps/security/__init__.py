@@ -28,7 +28,7 @@ from starlette.applications import Starlette
 
 from apps.security.auth import DEFAULT_EXEMPT_PATHS, ApiKeyAuth, presented_key
 from apps.security.errors import ErrorFormat, error_body
-from apps.security.keys import ApiKeySource, KeyRing, KeyUnavailable
+from apps.security.keys import ApiKeySource, KeyAbsent, KeyRing, KeyUnavailable
 from apps.security.limits import BodyLimit
 from apps.security.request_id import RequestId, RequestIdFilter, current_request_id, log_request_ids
 
@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_EXEMPT_PATHS",
     "ErrorFormat",
     "HttpSecurity",
+    "KeyAbsent",
     "KeyRing",
     "KeyUnavailable",
     "RequestId",
@@ -76,12 +77,16 @@ class HttpSecurity(BaseModel):
         names = [key.name for key in keys]
         if len(set(names)) != len(names):
             raise ValueError(f"api key names must be unique, got {names}")
+        if keys and all(key.optional for key in keys):
+            # Optional slots are for rotations: one key must always be there, or the start fails.
+            raise ValueError(f"at least one api key must be required (not optional), got only optional keys {names}")
         return keys
 
 
 def install(app: Starlette, config: Optional[HttpSecurity | dict] = None) -> Starlette:
     """Add the three middlewares to `app` in order; keys are read now, so a
-    missing env var or Secret file fails here, at start, naming the key."""
+    missing env var or Secret file fails here, at start, naming the key
+    (an `optional` key that is absent is skipped, and logged by name)."""
     config = HttpSecurity.model_validate(config or {})
     # add_middleware puts each one outside those added before it.
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, error_format=config.error_format)
