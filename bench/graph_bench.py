@@ -15,7 +15,6 @@ variant's ratios against `inline` measured in the same run.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import copy
 import os
 import platform
@@ -30,8 +29,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.loadgen import Result, run  # noqa: E402
-from bench.recommend_bench import wait_ok  # noqa: E402
+from bench.loadgen import Result  # noqa: E402
+from bench.recommend_bench import measure, wait_ok  # noqa: E402
 from local_stack.bootstrap import ensure  # noqa: E402
 from local_stack.paths import PROJECT_ROOT  # noqa: E402
 from local_stack.processes import default_sigint, stop_group  # noqa: E402
@@ -90,16 +89,6 @@ def variants(triton_url: str) -> dict[str, dict]:
     for node in apart["args"]["graph"]["nodes"].values():
         node["ray_actor_options"] = {"num_cpus": 0.1}
     return {app["name"]: app for app in apps}
-
-
-def measure(url: str, levels: list[int], seconds: float) -> list[Result]:
-    results = []
-    for concurrency in levels:
-        result = asyncio.run(run(url, concurrency, seconds))
-        print(f"    c={concurrency:<3} p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f}  {result.rps:7.1f} req/s  "
-              f"({result.ok} ok, {result.failed} failed)", flush=True)
-        results.append(result)
-    return results
 
 
 def main() -> None:

@@ -24,3 +24,19 @@ def default_sigint() -> None:
     """preexec_fn: a shell's background job starts with SIGINT ignored, and its
     children inherit that; give them Ctrl-C back."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def serve_until_stopped(server, ready: str) -> None:
+    """A server's `python -m` entry point: start it, print `ready` (a format
+    string over the server's attributes), run until Ctrl-C or SIGTERM, stop it."""
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        server.start()
+        print(ready.format(server=server), flush=True)
+        server.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from local_stack.processes import stop_group
+from local_stack.processes import serve_until_stopped, stop_group
 from local_stack.serve_configs import free_port
 
 
@@ -143,15 +141,7 @@ def main() -> None:
     parser.add_argument("--password", default=None)
     args = parser.parse_args()
     server = RedisServer(port=args.port or free_port(), password=args.password)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        server.start()
-        print(f"Redis ready: FEAST_REDIS_CONNECTION={server.connection_string}", flush=True)
-        server.process.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    serve_until_stopped(server, "Redis ready: FEAST_REDIS_CONNECTION={server.connection_string}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from local_stack.paths import PROJECT_ROOT, StackPaths
+from local_stack.processes import serve_until_stopped
 
 TRITON_VENV = Path(os.environ.get("TRITON_VENV", PROJECT_ROOT / ".venv-triton"))
 PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -156,15 +157,7 @@ def main() -> None:
     parser.add_argument("--metrics-port", type=int, default=8102)
     args = parser.parse_args()
     server = TritonServer(args.repo, paths.triton_backends, args.http_port, args.grpc_port, args.metrics_port)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        server.start()
-        print(f"Triton ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics {server.metrics_url}", flush=True)
-        server.process.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    serve_until_stopped(server, "Triton ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics {server.metrics_url}")
 
 
 if __name__ == "__main__":
