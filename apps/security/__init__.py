@@ -6,7 +6,9 @@ typed config:
     from apps import security
     security.install(api, security.HttpSecurity(api_keys=[{"name": "primary", "env": "SG_KEY_PRIMARY"}]))
 
-Order, outermost first: RequestId -> ApiKeyAuth -> BodyLimit -> the app.
+Order, outermost first: RequestId -> ApiKeyAuth -> InFlightLimit (when
+`max_in_flight` is set: load shedding, apps/security/shedding.py) ->
+BodyLimit -> the app.
 
 - RequestId outermost, so every response the others produce (401, 413, 400)
   carries X-Request-ID and their log lines carry the id.
@@ -30,6 +32,7 @@ from apps.security.auth import DEFAULT_EXEMPT_PATHS, ApiKeyAuth, presented_key
 from apps.security.errors import ErrorFormat, error_body
 from apps.security.keys import ApiKeySource, KeyAbsent, KeyRing, KeyUnavailable
 from apps.security.limits import BodyLimit
+from apps.security.shedding import InFlightLimit
 from apps.security.request_id import RequestId, RequestIdFilter, current_request_id, log_request_ids
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "HttpSecurity",
     "KeyAbsent",
     "KeyRing",
+    "InFlightLimit",
     "KeyUnavailable",
     "RequestId",
     "RequestIdFilter",
@@ -70,6 +74,11 @@ class HttpSecurity(BaseModel):
     )
     error_format: ErrorFormat = Field("project", description="project: {error: {code, message}}; openai: OpenAI's shape.")
     echo_request_id: bool = Field(True, description="Set X-Request-ID on responses (Ray Serve's proxy also does).")
+    max_in_flight: Optional[int] = Field(
+        None, gt=0, description="Shed load: past this many requests running in the replica, 503 with Retry-After "
+        "(apps/security/shedding.py); set it below the deployment's max_ongoing_requests. Off when absent.",
+    )
+    retry_after_s: int = Field(1, ge=1, description="Retry-After of a shed request, in seconds.")
 
     @field_validator("api_keys")
     @classmethod
@@ -90,6 +99,9 @@ def install(app: Starlette, config: Optional[HttpSecurity | dict] = None) -> Sta
     config = HttpSecurity.model_validate(config or {})
     # add_middleware puts each one outside those added before it.
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, error_format=config.error_format)
+    if config.max_in_flight is not None:
+        app.add_middleware(InFlightLimit, max_in_flight=config.max_in_flight, retry_after_s=config.retry_after_s,
+                           exempt_paths=config.exempt_paths, error_format=config.error_format)
     app.add_middleware(
         ApiKeyAuth, keys=KeyRing(config.api_keys), exempt_paths=config.exempt_paths, error_format=config.error_format
     )

@@ -86,3 +86,52 @@ def test_openai_format_names_the_limit_in_the_message():
             "code": "request_too_large",
         }
     }
+
+
+def test_past_max_in_flight_a_request_is_shed_at_once_with_retry_after():
+    import asyncio
+
+    from apps.security import InFlightLimit
+
+    release = asyncio.Event()
+
+    async def slow(scope, receive, send):
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    limit = InFlightLimit(slow, max_in_flight=2, retry_after_s=3, exempt_paths=["/healthz"])
+
+    async def scenario():
+        def request(path):
+            sent = []
+
+            async def receive():
+                return {"type": "http.request", "body": b""}
+
+            async def send(message):
+                sent.append(message)
+
+            return sent, limit({"type": "http", "path": path, "root_path": "/app", "method": "POST", "headers": []}, receive, send)
+
+        running = [request("/app/") for _ in range(2)]
+        tasks = [asyncio.ensure_future(call) for _, call in running]
+        await asyncio.sleep(0)
+        shed_sent, shed = request("/app/")
+        await shed  # answered at once, while the two above still run
+        probe_sent, probe = request("/app/healthz")
+        probe_task = asyncio.ensure_future(probe)  # a probe is never shed: it waits like the others
+        await asyncio.sleep(0)
+        release.set()
+        await asyncio.gather(*tasks, probe_task)
+        after_sent, after = request("/app/")
+        await after
+        return [s for s, _ in running], shed_sent, probe_sent, after_sent
+
+    running, shed, probe, after = asyncio.run(scenario())
+    start = shed[0]
+    assert start["status"] == 503 and (b"retry-after", b"3") in start["headers"]
+    assert b'"code":"overloaded"' in shed[1]["body"] and b'"max_in_flight":2' in shed[1]["body"]
+    assert [s[0]["status"] for s in running] == [200, 200]
+    assert probe[0]["status"] == 200 and after[0]["status"] == 200
+    assert (limit.in_flight, limit.shed) == (0, 1)
