@@ -15,7 +15,6 @@ exactly what `apps.graph.load` checked.
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Optional
 
 from fastapi import FastAPI, Request
@@ -100,7 +99,6 @@ class GraphIngress:
             return remote[name] if name in remote else build_node(name, node_spec, llm_handles)
 
         self.executor = GraphExecutor(spec, node_factory=factory)
-        self._last_ready = time.monotonic()
 
     @api.post("/")
     async def run(self, request: Request) -> JSONResponse:
