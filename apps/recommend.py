@@ -225,10 +225,7 @@ class Recommender:
 
     @api.get("/readyz")
     async def readyz(self) -> JSONResponse:
-        checks = await self.graph.ready()
-        ready = all(ok for ok, _ in checks.values())
-        body = {"ready": ready, "checks": {name: {"ready": ok, "detail": detail} for name, (ok, detail) in checks.items()}}
-        return JSONResponse(body, status_code=200 if ready else 503)
+        return http_errors.readiness(await self.graph.ready())
 
     async def check_health(self) -> None:
         """Serve replaces the replica when its backends stay unreachable.

@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--idle-timeout-s", type=float, default=60, help="idle worker nodes go after this long")
     parser.add_argument("--dashboard-port", type=int, default=8265)
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it like Ctrl-C
     temp_dir = tempfile.mkdtemp(prefix="sg-ray-", dir="/tmp")
     env = private_cluster_env(local_ray_env(), temp_dir)
     head = start_ray_head(env, temp_dir, num_cpus=args.num_cpus, dashboard_port=args.dashboard_port,

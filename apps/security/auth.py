@@ -49,6 +49,12 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> Optional[bytes]:
     return bearer if bearer is not None else api_key
 
 
+def is_exempt(scope: Scope, exempt: frozenset[str]) -> bool:
+    """The request's path is one of `exempt`, exactly, with or without the app's root_path."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path in exempt or (bool(root) and path.startswith(root) and path[len(root) :] in exempt)
+
+
 class ApiKeyAuth:
     def __init__(
         self,
@@ -68,8 +74,7 @@ class ApiKeyAuth:
             logger.warning("API keys are off: every route is open (configure api_keys to require a key)")
 
     def is_exempt(self, scope: Scope) -> bool:
-        path, root = scope["path"], scope.get("root_path", "")
-        return path in self.exempt or (bool(root) and path.startswith(root) and path[len(root) :] in self.exempt)
+        return is_exempt(scope, self.exempt)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.keys or scope["type"] not in ("http", "websocket") or self.is_exempt(scope):

@@ -13,14 +13,12 @@ probe that fails under load would get a busy replica restarted).
 """
 from __future__ import annotations
 
-import logging
 from typing import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from apps.security.auth import is_exempt
 from apps.security.errors import ErrorFormat, send_error
-
-logger = logging.getLogger(__name__)
 
 
 class InFlightLimit:
@@ -34,12 +32,8 @@ class InFlightLimit:
         self.in_flight = 0
         self.shed = 0
 
-    def _exempt(self, scope: Scope) -> bool:
-        path, root = scope["path"], scope.get("root_path", "")
-        return path in self.exempt or (bool(root) and path.startswith(root) and path[len(root):] in self.exempt)
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self._exempt(scope):
+        if scope["type"] != "http" or is_exempt(scope, self.exempt):
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.max_in_flight:

@@ -115,10 +115,7 @@ class GraphIngress:
 
     @api.get("/readyz")
     async def readyz(self) -> JSONResponse:
-        checks = await self._checks()
-        ready = all(ok for ok, _ in checks.values())
-        body = {"ready": ready, "checks": {name: {"ready": ok, "detail": detail} for name, (ok, detail) in checks.items()}}
-        return JSONResponse(body, status_code=200 if ready else 503)
+        return http_errors.readiness(await self._checks())
 
     @api.get("/graph", response_class=PlainTextResponse)
     async def picture(self) -> str:
