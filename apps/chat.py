@@ -66,12 +66,18 @@ class RegistryLLMServer(LLMServer):
         # Ahead of vLLM's own /v1/models, which knows nothing of the registry.
         app.router.routes.insert(0, APIRoute("/v1/models", self._models, methods=["GET"]))
         app.router.routes.insert(0, APIRoute("/readyz", self._ready, methods=["GET"]))
+        # vLLM's build_app builds the middleware stack eagerly; Starlette
+        # rebuilds it lazily, outermost the middlewares added last (ours).
+        app.middleware_stack = None
+        app.add_middleware(EngineDownGuard, engine_error=self._engine_error)
         if self._http is not None:
-            # vLLM's build_app builds the middleware stack eagerly; Starlette
-            # rebuilds it lazily, outermost the middlewares added last (ours).
-            app.middleware_stack = None
             security.install(app, self._http)
         return app
+
+    def _engine_error(self) -> Optional[BaseException]:
+        """vLLM's own verdict: the engine process died (EngineDeadError)."""
+        client = getattr(self.engine, "_engine_client", None)
+        return client.dead_error if client is not None and client.errored else None
 
     async def _models(self, request: Request) -> JSONResponse:
         listing = (await request.app.state.openai_serving_models.show_available_models()).model_dump()
@@ -86,6 +92,31 @@ class RegistryLLMServer(LLMServer):
         except Exception as error:  # the engine process died or stalls
             return JSONResponse({"ready": False, "reason": f"engine: {type(error).__name__}: {error}"}, status_code=503)
         return JSONResponse({"ready": True, "model": self._llm_config.model_id, "registry": self._registry})
+
+
+class EngineDownGuard:
+    """ASGI middleware: while the engine is dead, the OpenAI routes answer 503
+    at once, in OpenAI's error shape with Retry-After, instead of vLLM's 500
+    per request. The replica's health check (every HEALTH_CHECK_PERIOD_S,
+    deployments/llm_engine.py) then fails and Serve starts a new engine."""
+
+    RETRY_AFTER_S = 5
+
+    def __init__(self, app, engine_error):
+        self.app = app
+        self.engine_error = engine_error
+
+    async def __call__(self, scope, receive, send):
+        error = self.engine_error() if scope["type"] == "http" and scope["path"].startswith("/v1/") else None
+        if error is None:
+            await self.app(scope, receive, send)
+            return
+        body = {"error": {
+            "message": f"the engine is down ({type(error).__name__}); Serve is replacing this replica, retry shortly",
+            "type": "ServiceUnavailableError", "param": None, "code": 503,
+        }}
+        response = JSONResponse(body, status_code=503, headers={"Retry-After": str(self.RETRY_AFTER_S)})
+        await response(scope, receive, send)
 
 
 def build(args: ChatArgs) -> Application:

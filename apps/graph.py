@@ -26,6 +26,7 @@ from typing import Any, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from apps.security import HttpSecurity
 from deployments.graph.executor import GraphExecutor
 from deployments.graph.spec import GraphSpec
 from deployments.graph.validate import GraphSpecError, Problem, validate
@@ -39,6 +40,12 @@ class GraphArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     graph: GraphSpec = Field(description="Nodes, flow and output of the graph.")
+    http: Optional[HttpSecurity] = Field(
+        None, description="API keys, body limit, request ids and load shedding (apps.security); none of them when absent."
+    )
+    unhealthy_after_s: float = Field(
+        30.0, gt=0, description="check_health fails (Serve replaces the replica) once a node's backend is unreachable this long."
+    )
 
     @model_validator(mode="after")
     def _whole_graph(self):

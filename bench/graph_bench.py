@@ -1,4 +1,4 @@
-"""Benchmark the declarative recommend graph (configs/graphs/recommend.yaml,
+"""Benchmark the declarative recommend graph (configs/local.yaml's recommend graph,
 no LLM explanation) under Serve, four ways in one cluster, same run:
 
 - inline: every node in the ingress replica (the default placement);
@@ -38,12 +38,13 @@ from local_stack.ray_env import local_ray_env, stop_haproxy  # noqa: E402
 from local_stack.serve_configs import free_port  # noqa: E402
 from local_stack.triton_server import TritonServer  # noqa: E402
 
-GRAPH = PROJECT_ROOT / "configs" / "graphs" / "recommend.yaml"
+GRAPH = PROJECT_ROOT / "configs" / "local.yaml"
 
 
 def base_app(triton_url: str) -> dict:
     """The recommend graph without its LLM step, its ranker on this Triton."""
-    (app,) = yaml.safe_load(GRAPH.read_text())["applications"]
+    (app,) = [a for a in yaml.safe_load(GRAPH.read_text())["applications"] if a["name"] == "recommend"]
+    app.pop("deployments", None)
     graph = app["args"]["graph"]
     graph["nodes"].pop("explain")
     graph["request"].pop("explain")

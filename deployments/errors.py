@@ -18,6 +18,19 @@ class GraphError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, **self.details}}
 
+    def __reduce__(self):
+        """Pickled as what it is (class, message, details), whatever the
+        subclass's constructor takes: a node placed in its own deployment
+        raises it in another process, and the calling graph must get the same
+        error (status, code, body) back, not a generic failure."""
+        return _rebuild, (type(self), self.message, self.details)
+
+
+def _rebuild(cls: type[GraphError], message: str, details: dict[str, Any]) -> GraphError:
+    error = cls.__new__(cls)
+    GraphError.__init__(error, message, **details)
+    return error
+
 
 class InvalidInput(GraphError):
     """422; `fields` is a list of {"field": dotted path, "reason": text}."""

@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from deployments.registry import download_version, resolve_registry_uri
 
 
+
+HEALTH_CHECK_PERIOD_S = 2.0  # seconds between the engine replica's health checks
+
 class EngineArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -101,7 +104,10 @@ def llm_config(model: LLMModelConfig, resolved: ResolvedModel) -> Any:
         "seed": engine.seed,
     }
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    options: dict[str, Any] = {"num_replicas": model.num_replicas, "max_ongoing_requests": 64}
+    # A dead engine fails the replica's health check (vLLM's check_health);
+    # checked every 2 s, Serve replaces the replica within ~3 checks.
+    options: dict[str, Any] = {"num_replicas": model.num_replicas, "max_ongoing_requests": 64,
+                               "health_check_period_s": HEALTH_CHECK_PERIOD_S}
     hardware: dict[str, Any]
     if model.accelerator == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = f"{engine.kv_cache_space_gib:g}"

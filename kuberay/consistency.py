@@ -95,6 +95,16 @@ def _requires_keys(app: dict[str, Any]) -> bool:
     return isinstance(http, dict) and bool(http.get("api_keys"))
 
 
+def _node_configs(args: dict[str, Any], kind: str, prefix: str) -> list[tuple[str, dict[str, Any]]]:
+    """(path, config) of a graph app's nodes of one kind (`args.graph.nodes`)."""
+    nodes = ((args.get("graph") or {}).get("nodes")) or {}
+    return [
+        (f"{prefix}.graph.nodes.{name}.config", node["config"])
+        for name, node in nodes.items()
+        if isinstance(node, dict) and node.get("kind") == kind and isinstance(node.get("config"), dict)
+    ]
+
+
 def problems(spec: ClusterSpec, serve_config: dict[str, Any]) -> list[str]:
     found: list[str] = []
     http = serve_config.get("http_options") or {}
@@ -117,21 +127,21 @@ def problems(spec: ClusterSpec, serve_config: dict[str, Any]) -> list[str]:
         for path, uri in _registry_uris(args, f"{prefix}.args"):
             if uri != spec.mlflow_uri:
                 found.append(f"{path}: {uri!r}, but the cluster's MLflow is {spec.mlflow_uri!r}")
-        ranker = args.get("ranker")
-        if isinstance(ranker, dict):
+        for path, ranker in _node_configs(args, "triton_model", f"{prefix}.args"):
             port = triton.grpc_port if ranker.get("protocol", "grpc") == "grpc" else triton.http_port
             expected = f"{spec.service_host(triton.name)}:{port}"
             if ranker.get("url") != expected:
-                found.append(f"{prefix}.args.ranker.url: {ranker.get('url')!r}, but the Triton Service is {expected!r}")
-        llm = ((args.get("explain") or {}).get("llm")) or {}
-        if llm.get("mode", "remote") == "remote" and "url" in llm:
+                found.append(f"{path}.url: {ranker.get('url')!r}, but the Triton Service is {expected!r}")
+        for path, llm in _node_configs(args, "llm", f"{prefix}.args"):
+            if llm.get("mode", "remote") != "remote" or "url" not in llm:
+                continue
             if llm["url"].rstrip("/") not in (vllm_url, chat_url):
-                found.append(f"{prefix}.args.explain.llm.url: {llm['url']!r}, but the LLM services are {vllm_url!r} and {chat_url!r}")
+                found.append(f"{path}.url: {llm['url']!r}, but the LLM services are {vllm_url!r} and {chat_url!r}")
             elif llm["url"].rstrip("/") == vllm_url and llm.get("model") != spec.vllm.model:
-                found.append(f"{prefix}.args.explain.llm.model: {llm.get('model')!r}, but the vLLM server serves {spec.vllm.model!r}")
+                found.append(f"{path}.model: {llm.get('model')!r}, but the vLLM server serves {spec.vllm.model!r}")
             elif llm["url"].rstrip("/") == chat_url and chat_needs_key and not llm.get("api_key_env"):
                 found.append(
-                    f"{prefix}.args.explain.llm.api_key_env: unset, but {llm['url']!r} is the chat app, which "
+                    f"{path}.api_key_env: unset, but {llm['url']!r} is the chat app, which "
                     "requires an API key (every call would get 401)"
                 )
         kind, gpus = _gpu_demand(app)

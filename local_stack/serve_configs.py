@@ -49,22 +49,43 @@ def load_config(path: Path = LOCAL_CONFIG) -> dict[str, Any]:
 def local_config(http_port: int, triton_grpc: str, llm: str | None = None, only: set[str] | None = None) -> dict[str, Any]:
     """configs/local.yaml with the test's ports (and, given `llm`, that model
     served by the chat app instead of the demo's; given `only`, just those
-    applications, without LLM explanations if the chat app is left out)."""
+    applications, with explanations off by default if the chat app is left out)."""
     config = copy.deepcopy(load_config())
     if only is not None:
         config["applications"] = [app for app in config["applications"] if app["name"] in only]
-        if "chat" not in only:
-            for app in config["applications"]:
-                app.get("args", {}).pop("explain", None)
     config["http_options"]["port"] = http_port
     for app in config["applications"]:
-        if "ranker" in app.get("args", {}):
-            app["args"]["ranker"]["url"] = triton_grpc
-        if app.get("args", {}).get("explain"):
-            app["args"]["explain"]["llm"]["url"] = f"http://127.0.0.1:{http_port}/v1"
-            if llm:
-                app["args"]["explain"]["llm"]["model"] = llm
+        if "graph" in app.get("args", {}):
+            point_graph(app, triton_grpc, f"http://127.0.0.1:{http_port}/v1", llm)
+            if only is not None and "chat" not in only:
+                explanations_off(app)
         if llm and "model" in app.get("args", {}):
             app["args"]["model"]["name"] = llm
             app["args"]["model"]["engine"]["max_model_len"] = 512
     return config
+
+
+def point_graph(app: dict[str, Any], triton_grpc: str, llm_url: str, llm_model: str | None = None) -> dict[str, Any]:
+    """A graph application's Triton nodes at `triton_grpc`, its remote LLM
+    nodes at `llm_url` (and `llm_model`, when given); in place, returned."""
+    for node in app["args"]["graph"]["nodes"].values():
+        if node["kind"] == "triton_model":
+            node["config"]["url"] = triton_grpc
+        if node["kind"] == "llm" and node["config"].get("mode", "remote") == "remote":
+            node["config"]["url"] = llm_url
+            if llm_model:
+                node["config"]["model"] = llm_model
+    return app
+
+
+def explanations_off(app: dict[str, Any]) -> dict[str, Any]:
+    """The recommend graph with `explain` false unless a request asks (the
+    chat app it calls is not deployed, or is not the point); in place."""
+    app["args"]["graph"]["request"]["explain"]["default"] = False
+    return app
+
+
+def application(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """The application named `name` of a Serve config."""
+    (app,) = [app for app in config["applications"] if app["name"] == name]
+    return app

@@ -72,7 +72,9 @@ def ray_cluster():
     try:
         ray.init(address=head.address, namespace="serve", configure_logging=False)
         yield {"address": head.address, "metrics_url": head.metrics_url, "dashboard_url": head.dashboard_url,
-               "idle_worker_timeout_s": IDLE_WORKER_TIMEOUT_S}
+               "idle_worker_timeout_s": IDLE_WORKER_TIMEOUT_S,
+               # observability.tracing:file_exporter's default folder (configs/local.yaml's tracing_config)
+               "spans_dir": os.path.join(temp_dir, "session_latest", "logs", "serve", "spans")}
         serve.shutdown()
         ray.shutdown()
     finally:

@@ -9,6 +9,8 @@ Semantics:
 - a hard node's failure fails the request: GraphErrors keep their status
   (404 unknown entities, 503 backend down), anything else is NodeFailed (500);
 - a soft node's failure stores null in its slot and the reason in `errors`;
+  with `cooldown_s` the node is then skipped (null, reason "skipped: ...")
+  for that long, so a dead LLM does not cost every request its timeout;
 - switch: the first case that holds, else the default; split: a stable hash of
   the sticky key picks the variant (`routes` names it, `route_counts` counts it);
 - fanout: branches concurrently (one hard failure cancels the others), then merge;
@@ -43,6 +45,7 @@ from deployments.graph.spec import (
     SplitStep,
     SwitchStep,
 )
+from deployments.graph.tracing import node_span, step_span
 from deployments.graph.validate import GraphSpecError, Problem, check, check_bound
 from deployments.metrics import NodeMetrics
 
@@ -78,6 +81,7 @@ class GraphExecutor:
         self.shadows = shadow_log or ShadowLog()
         self.route_counts: Counter[tuple[str, str]] = Counter()
         self._background: set[asyncio.Task] = set()
+        self._failed: dict[str, tuple[float, str]] = {}  # soft node -> (when, why) of its last failure, for cooldown_s
 
     def _check_built(self) -> None:
         """What only the built nodes know: output fields, a feature view's join keys."""
@@ -139,36 +143,42 @@ class GraphExecutor:
         return result
 
     async def _switch(self, step: SwitchStep, run: _Run, path: str, shadowed: bool) -> Any:
-        for index, case in enumerate(step.cases):
-            value = self._resolve(case.when.field, f"{path}.cases[{index}].when.field", run.state)
-            if holds(case.when, value):
-                run.routes[step.name] = f"cases[{index}]"
-                return await self._step(case.then, run, f"{path}.cases[{index}].then", shadowed)
-        run.routes[step.name] = "default"
-        return await self._step(step.default, run, f"{path}.default", shadowed)
+        with step_span(self.spec.name, step.name, "switch") as span:
+            for index, case in enumerate(step.cases):
+                value = self._resolve(case.when.field, f"{path}.cases[{index}].when.field", run.state)
+                if holds(case.when, value):
+                    run.routes[step.name] = f"cases[{index}]"
+                    span.set_attribute("graph.route", run.routes[step.name])
+                    return await self._step(case.then, run, f"{path}.cases[{index}].then", shadowed)
+            run.routes[step.name] = "default"
+            span.set_attribute("graph.route", "default")
+            return await self._step(step.default, run, f"{path}.default", shadowed)
 
     async def _split(self, step: SplitStep, run: _Run, path: str, shadowed: bool) -> Any:
         key = self._resolve(step.sticky_key, f"{path}.sticky_key", run.state) if step.sticky_key else None
         index = choose([v.weight for v in step.variants], step.salt or step.name, key)
         variant = step.variants[index]
         run.routes[step.name] = variant.name
-        then = self._step(variant.then, run, f"{path}.variants[{index}].then", shadowed)
-        if shadowed:
-            return await then
-        self.route_counts[(step.name, variant.name)] += 1
-        with self.metrics.variant(step.name, variant.name):
-            return await then
+        with step_span(self.spec.name, step.name, "split") as span:
+            span.set_attribute("graph.route", variant.name)
+            then = self._step(variant.then, run, f"{path}.variants[{index}].then", shadowed)
+            if shadowed:
+                return await then
+            self.route_counts[(step.name, variant.name)] += 1
+            with self.metrics.variant(step.name, variant.name):
+                return await then
 
     async def _shadow(self, step: ShadowStep, run: _Run, path: str, shadowed: bool) -> Any:
         before = dict(run.state)
         started = time.perf_counter()
-        result = await self._step(step.primary, run, f"{path}.primary", shadowed)
-        primary_ms = (time.perf_counter() - started) * 1000.0
-        if not shadowed:  # no shadows of shadows
-            self.shadows.started(step.name)
-            task = asyncio.get_running_loop().create_task(self._candidate(step, before, result, primary_ms, path))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        with step_span(self.spec.name, step.name, "shadow"):
+            result = await self._step(step.primary, run, f"{path}.primary", shadowed)
+            primary_ms = (time.perf_counter() - started) * 1000.0
+            if not shadowed:  # no shadows of shadows; the task copies the context: its spans hang under this step
+                self.shadows.started(step.name)
+                task = asyncio.get_running_loop().create_task(self._candidate(step, before, result, primary_ms, path))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         return result
 
     async def _candidate(self, step: ShadowStep, state: dict[str, Any], primary: Any, primary_ms: float, path: str) -> None:
@@ -199,8 +209,13 @@ class GraphExecutor:
 
     async def _node(self, name: str, run: _Run) -> Any:
         spec = self.spec.nodes[name]
+        cooling = self._cooling(name, spec)
+        if cooling is not None:
+            self.metrics.count_error(name, "skipped")
+            run.errors[name], run.state[name] = cooling, None
+            return None
         try:
-            with self.metrics.measure(name, run.timings):
+            with self.metrics.measure(name, run.timings), node_span(self.spec.name, name, spec.kind, spec.placement, spec.dependency):
                 output = await self._call(name, spec, run.state)
             if isinstance(output, dict) and isinstance(output.get("scores"), list) and isinstance(output.get("model"), dict):
                 self.metrics.observe_scores(name, output["model"], output["scores"])
@@ -208,9 +223,23 @@ class GraphExecutor:
             if spec.dependency == "hard":
                 raise
             run.errors[name] = error.message
+            if spec.cooldown_s:
+                self._failed[name] = (time.monotonic(), error.message)
             output = None
+        else:
+            self._failed.pop(name, None)
         run.state[name] = output
         return output
+
+    def _cooling(self, name: str, spec: Any) -> str | None:
+        """The reason to skip a soft node that failed less than `cooldown_s` ago."""
+        if name not in self._failed:
+            return None
+        failed_at, reason = self._failed[name]
+        ago = time.monotonic() - failed_at
+        if ago >= spec.cooldown_s:
+            return None  # this request tries again
+        return f"skipped: {name} failed {ago:.1f} s ago ({reason})"
 
     async def _call(self, name: str, spec: Any, state: dict[str, Any]) -> Any:
         """The node's call with its timeout; every failure as a GraphError."""

@@ -14,6 +14,7 @@ reference may use after the node, checked at build), `close()`.
 """
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
@@ -145,14 +146,25 @@ class AggregateRunner:
 
 
 def _top_k(items: list, scores: list[float], k: int, features: FeatureFrame | None) -> dict[str, Any]:
-    """{items: [{item_id, score}], best: the top item plus its row's features (for a prompt)}."""
+    """{items: [{item_id, score, feature_timestamps}], best: the top item plus
+    its row's features (for a prompt)}. With `features`, each item says when
+    the features it was scored on were written (per feature view, UTC ISO 8601):
+    a stale item is visible in the answer."""
     ranked = top_k(items, np.asarray(scores, dtype=np.float64), k)
+    row = {item: index for index, item in enumerate(items)}
     answer = [{"item_id": item, "score": score} for item, score in ranked]
-    best = dict(answer[0]) if answer else None
+    if features is not None:
+        views = sorted({name.split("__", 1)[0] for name in features.timestamps})
+        for entry in answer:
+            entry["feature_timestamps"] = {view: _utc(features.view_timestamp(view, row[entry["item_id"]])) for view in views}
+    best = {key: value for key, value in answer[0].items() if key != "feature_timestamps"} if answer else None
     if best is not None and features is not None:
-        row = items.index(best["item_id"])
-        best.update({name: column[row] for name, column in features.values.items()})
+        best.update({name: column[row[best["item_id"]]] for name, column in features.values.items()})
     return {"items": answer, "best": best}
+
+
+def _utc(epoch_s: int) -> str:
+    return datetime.fromtimestamp(epoch_s, tz=timezone.utc).isoformat()
 
 
 def _mean_scores(outputs: list[dict[str, Any] | None]) -> dict[str, Any]:

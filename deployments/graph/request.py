@@ -2,19 +2,24 @@
 bad body fails like the recommend app's: 422 naming each field."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from collections import Counter
+from typing import Annotated, Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError, create_model
 
 from deployments.errors import InvalidInput
 from deployments.graph.spec import RequestField
 
+# Ints are 64-bit signed: what Feast's entity keys, numpy and Triton hold. A
+# bigger JSON number is the caller's error (422), not a backend failure.
+Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
+
 _TYPES: dict[str, Any] = {
-    "int": StrictInt,
+    "int": Int64,
     "float": StrictFloat | StrictInt,
     "str": StrictStr,
     "bool": StrictBool,
-    "list[int]": list[StrictInt],
+    "list[int]": list[Int64],
     "list[float]": list[StrictFloat | StrictInt],
     "list[str]": list[StrictStr],
 }
@@ -24,13 +29,26 @@ def request_model(name: str, fields: dict[str, RequestField]) -> type[BaseModel]
     definitions: dict[str, Any] = {}
     for field_name, spec in fields.items():
         annotation = _TYPES[spec.type]
-        constraints = {"min_length": spec.min_length, "gt": spec.gt}
+        if spec.unique:
+            annotation = Annotated[annotation, AfterValidator(_no_duplicates)]
+        constraints: dict[str, Any] = {"min_length": spec.min_length, "max_length": spec.max_length, "gt": spec.gt}
         constraints = {k: v for k, v in constraints.items() if v is not None}
+        if spec.unique:
+            constraints["json_schema_extra"] = {"uniqueItems": True}
         if spec.is_required:
             definitions[field_name] = (annotation, Field(**constraints))
+        elif spec.default is not None:  # an explicit null is refused: the nodes get the default or a value
+            definitions[field_name] = (annotation, Field(spec.default, **constraints))
         else:
-            definitions[field_name] = (Optional[annotation], Field(spec.default, **constraints))
+            definitions[field_name] = (Optional[annotation], Field(None, **constraints))
     return create_model(f"{name}_request", __config__=ConfigDict(extra="forbid"), **definitions)
+
+
+def _no_duplicates(values: list) -> list:
+    repeated = sorted(value for value, count in Counter(values).items() if count > 1)
+    if repeated:
+        raise ValueError(f"duplicate values {repeated}")
+    return values
 
 
 def parse(model: type[BaseModel], body: Any) -> dict[str, Any]:
@@ -39,7 +57,7 @@ def parse(model: type[BaseModel], body: Any) -> dict[str, Any]:
         return model.model_validate(body).model_dump()
     except ValidationError as error:
         fields = [
-            {"field": "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".") or "body", "reason": e["msg"]}
+            {"field": "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".") or "body", "reason": e["msg"].removeprefix("Value error, ")}
             for e in error.errors()
         ]
         problem = InvalidInput(fields[0]["field"], fields[0]["reason"])

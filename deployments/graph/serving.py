@@ -15,14 +15,16 @@ exactly what `apps.graph.load` checked.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel
 from ray import serve
 
-from apps import http_errors
-from deployments.errors import InvalidInput
+from apps import http_errors, security
+from deployments.errors import BackendUnavailable, GraphError, InvalidInput
 from deployments.graph.executor import GraphExecutor
 from deployments.graph.nodes import LLMRunner, inline_node
 from deployments.graph.spec import GraphSpec, LLMNode
@@ -63,6 +65,9 @@ class GraphNode:
         return await probe() if probe else (True, "no backend")
 
 
+HOP_ATTEMPTS = 2  # a call to a node placed apart, and one retry when the hop itself failed
+
+
 class RemoteNode:
     """The ingress's stand-in for a node placed apart: same interface, one hop."""
 
@@ -74,11 +79,51 @@ class RemoteNode:
             self.join_keys = lambda: set(described["join_keys"])
 
     async def run(self, inputs: dict[str, Any]) -> Any:
-        return await self.handle.run.remote(inputs)
+        """The node's answer, its own errors unchanged (a GraphError keeps its
+        status across the hop). When the hop fails (the replica died mid-call,
+        or was stopping in a rolling update) the call goes once more, to
+        another replica: a node is a read (features, a model, a completion),
+        safe to repeat. A second hop failure is a 503 with Retry-After naming
+        the node."""
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+        from ray.serve.exceptions import DeploymentUnavailableError
+
+        for attempt in range(HOP_ATTEMPTS):
+            try:
+                return await self.handle.run.remote(inputs)
+            except RayTaskError as error:  # the node raised: its own error, as it raised it
+                if isinstance(error.cause, GraphError):
+                    raise error.cause from None
+                raise
+            except (RayActorError, ActorDiedError, ActorUnavailableError, DeploymentUnavailableError) as error:
+                if attempt + 1 == HOP_ATTEMPTS:
+                    raise BackendUnavailable(f"node {self.name}", f"its replica is unavailable ({type(error).__name__})") from None
 
     async def ready(self) -> tuple[bool, str]:
         ok, detail = await self.handle.ready.remote()
         return ok, f"[deployment] {detail}"
+
+
+def document_request(app: FastAPI, model: type[BaseModel]) -> None:
+    """/openapi.json describes the graph's request body, typed by its
+    `graph.request`: `POST /` takes the raw Request (so a bad body is the
+    graph's own 422, naming each field), which FastAPI cannot document by
+    itself. Clients, docs pages and schema-driven fuzzers see the fields."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            name = model.__name__
+            schema.setdefault("components", {}).setdefault("schemas", {})[name] = model.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            operation = schema["paths"]["/"]["post"]
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+            operation["responses"]["422"] = {"description": "Invalid request: `error.fields` names each field and the reason."}
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 api = http_errors.install(FastAPI(title="graph", description="A declarative graph (docs/graphs.md)."))
@@ -91,7 +136,11 @@ class GraphIngress:
     """Runs the graph: POST / with the graph's request; /healthz, /readyz, /graph."""
 
     async def __init__(self, args: dict, nodes: Optional[dict[str, Any]] = None, llms: Optional[dict[str, Any]] = None):
-        spec = _spec(args)
+        from apps.graph import parse_args
+
+        self.args = parse_args(args)
+        spec = self.args.graph
+        self._last_ready = time.monotonic()
         remote = {name: RemoteNode(name, handle, await handle.describe.remote()) for name, handle in (nodes or {}).items()}
         llm_handles = llms or {}
 
@@ -99,6 +148,15 @@ class GraphIngress:
             return remote[name] if name in remote else build_node(name, node_spec, llm_handles)
 
         self.executor = GraphExecutor(spec, node_factory=factory)
+
+    async def __serve_build_asgi_app__(self):
+        """Serve calls this in the replica, after __init__, with `self.app` the
+        copy of `api` it froze at import. The middlewares go on here, not at
+        import on the driver: they need this app's `http` args and the keys in
+        the replica's environment or mounted files."""
+        document_request(self.app, self.executor.request_model)
+        http = self.args.http
+        return security.install(self.app, http) if http is not None else self.app
 
     @api.post("/")
     async def run(self, request: Request) -> JSONResponse:
@@ -111,7 +169,7 @@ class GraphIngress:
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
-        return {"status": "live", "graph": self.executor.spec.name}
+        return {"status": "live", "graph": self.executor.spec.name, "replica": serve.get_replica_context().replica_id.unique_id}
 
     @api.get("/readyz")
     async def readyz(self) -> JSONResponse:
@@ -123,6 +181,23 @@ class GraphIngress:
         from deployments.graph.draw import mermaid
 
         return mermaid(self.executor.spec)
+
+    async def check_health(self) -> None:
+        """Serve replaces the replica when its backends stay unreachable.
+
+        A short outage only turns readiness false (requests get 503); after
+        `unhealthy_after_s` the replica itself is suspect (a wedged channel,
+        a store file gone) and a fresh one is the better bet. Soft nodes do
+        not count: the graph answers without them.
+        """
+        checks = {name: check for name, check in (await self._checks()).items() if self.executor.spec.nodes[name].dependency == "hard"}
+        if all(ok for ok, _ in checks.values()):
+            self._last_ready = time.monotonic()
+            return
+        down_for = time.monotonic() - self._last_ready
+        if down_for > self.args.unhealthy_after_s:
+            failing = {name: detail for name, (ok, detail) in checks.items() if not ok}
+            raise RuntimeError(f"backends unreachable for {down_for:.0f} s: {failing}")
 
     async def _checks(self) -> dict[str, tuple[bool, str]]:
         checks = {}

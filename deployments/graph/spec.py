@@ -50,7 +50,18 @@ class RequestField(_Strict):
     default: Any = Field(None, description="Value when the field is absent; absent and no default: required.")
     required: Optional[bool] = Field(None, description="Default: required unless a default is given.")
     min_length: Optional[int] = Field(None, ge=0, description="Lists: at least this many elements.")
+    max_length: Optional[int] = Field(None, ge=1, description="Lists: at most this many elements (a bound on the work per request).")
+    unique: bool = Field(False, description="Lists: no value twice (a duplicate is a 422 naming it).")
     gt: Optional[float] = Field(None, description="Numbers: strictly greater than this.")
+
+    @model_validator(mode="after")
+    def _list_options_on_lists(self):
+        given = [name for name in ("min_length", "max_length") if getattr(self, name) is not None] + (["unique"] if self.unique else [])
+        if given and not self.type.startswith("list["):
+            raise ValueError(f"{', '.join(given)}: only for list fields, this one is {self.type}")
+        if self.min_length is not None and self.max_length is not None and self.min_length > self.max_length:
+            raise ValueError(f"min_length {self.min_length} > max_length {self.max_length}")
+        return self
 
     @property
     def is_required(self) -> bool:
@@ -76,6 +87,11 @@ class _Node(_Strict):
     dependency: Literal["hard", "soft"] = Field(
         "hard", description="hard: a failure fails the request; soft: the node's output is null and the reason is reported."
     )
+    cooldown_s: Optional[float] = Field(
+        None, gt=0, le=3600,
+        description="Soft nodes: after a failure, skip the node this long (null, reason `skipped`) instead of "
+        "every request waiting out the same timeout.",
+    )
     placement: Literal["inline", "deployment"] = Field(
         "inline", description="inline: in the calling replica; deployment: its own Serve deployment (settings below)."
     )
@@ -89,6 +105,12 @@ class _Node(_Strict):
     # Names the kind needs in `inputs` / may take; None: any (checked by the kind).
     required_inputs: ClassVar[frozenset[str]] = frozenset()
     optional_inputs: ClassVar[Optional[frozenset[str]]] = frozenset()
+
+    @model_validator(mode="after")
+    def _cooldown_is_for_soft_nodes(self):
+        if self.cooldown_s is not None and self.dependency != "soft":
+            raise ValueError("cooldown_s: only a soft node can be skipped (dependency: soft)")
+        return self
 
     def needs_gpu(self) -> bool:
         return bool(self.ray_actor_options and self.ray_actor_options.num_gpus)

@@ -1,5 +1,5 @@
 """Serve replica autoscaling of a graph deployment, for real: under load the
-Recommender scales from min to max replicas, and back when the load stops,
+graph ingress scales from min to max replicas, and back when the load stops,
 with Serve's default policy and with the queue-depth policy
 (deployments/autoscaling.py). No request fails on the way."""
 from __future__ import annotations
@@ -12,11 +12,12 @@ import time
 import httpx
 import pytest
 
-from tests.integration.test_graph_serve import graph_app
+from local_stack.serve_configs import explanations_off
+from tests.integration.test_graph_serve import recommend_app
 from tests.servers import deploy, replicas, restore, wait_app
 
 REQUEST = {"user_id": 9, "item_ids": list(range(1, 21)), "k": 5, "explain": False}
-KEY = "autoscale#Recommender"
+KEY = "autoscale#GraphIngress"
 QUEUE_DEPTH = {"policy_function": "deployments.autoscaling:QueueDepthPolicy", "policy_kwargs": {"per_replica": 2}}
 
 
@@ -72,12 +73,12 @@ def test_a_graph_deployment_scales_out_under_load_and_back_when_it_stops(policy,
     config = copy.deepcopy(serve_config)
     app = copy.deepcopy(config["applications"][0])
     app["name"], app["route_prefix"] = "autoscale", "/autoscale"
-    app["args"].pop("explain", None)
+    explanations_off(app)
     autoscaling = {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2, "target_ongoing_requests": target_ongoing_requests,
                    "upscale_delay_s": 1, "downscale_delay_s": 5, "metrics_interval_s": 1, "look_back_period_s": 2}
     if policy:
         autoscaling["policy"] = policy
-    app["deployments"] = [{"name": "Recommender", "max_ongoing_requests": 4, "autoscaling_config": autoscaling}]
+    app["deployments"] = [{"name": "GraphIngress", "max_ongoing_requests": 4, "autoscaling_config": autoscaling}]
     config["applications"].append(app)
     deploy(config)
     try:
@@ -97,8 +98,7 @@ def test_a_graph_deployment_scales_out_under_load_and_back_when_it_stops(policy,
 def test_a_graphs_triton_node_scales_on_its_queue(serve_config, deployed, triton, chat_url):
     """The recommend graph with its Triton node placed apart: that node's own
     deployment scales on its backlog (QueueDepthPolicy), the rest stays put."""
-    app = graph_app("configs/graphs/recommend.yaml", triton, chat_url, "tiny-llama")
-    app["name"], app["route_prefix"] = "queue", "/graph/queue"
+    app = recommend_app(triton, chat_url, "queue", "/graph/queue")
     app["args"]["graph"]["nodes"]["ranker"].update(
         placement="deployment",
         max_ongoing_requests=2,

@@ -48,7 +48,7 @@ def test_node_metrics_on_rays_prometheus_endpoint(recommend_url, ray_cluster):
         if "ray_graph_node_errors_total" in text and "ray_graph_node_latency_ms_bucket" in text:
             break
         time.sleep(2)
-    for node in ("features", "ranker", "aggregate"):
+    for node in ("features", "ranker", "ranking"):
         assert metric_sum(text, "ray_graph_node_latency_ms_count", graph="recommend", node=node) > 0, node
     assert metric_sum(text, "ray_graph_node_latency_ms_bucket", graph="recommend", node="ranker", le="+Inf") > 0
     assert metric_sum(text, "ray_graph_node_errors_total", graph="recommend", node="features", error="not_found") >= 1

@@ -23,7 +23,7 @@ REQUEST = {"user_id": 5, "item_ids": [1, 2, 3, 4], "k": 2, "explain": False}
 
 
 def with_gpu_graph(serve_config: dict, max_ongoing_requests: int = 64) -> dict:
-    """The session's config plus the recommend graph again, its Recommender on an L4 GPU."""
+    """The session's config plus the recommend graph again, its graph ingress on an L4 GPU."""
     config = copy.deepcopy(serve_config)
     gpu = copy.deepcopy(config["applications"][0])
     gpu["name"], gpu["route_prefix"] = "recommend-gpu", "/recommend-gpu"

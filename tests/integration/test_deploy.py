@@ -35,14 +35,14 @@ def test_an_invalid_config_changes_nothing_on_the_cluster(serve_config, ray_clus
     config = copy.deepcopy(serve_config)
     recommend = config["applications"][0]
     recommend["deployments"][0]["num_replicas"] = 2  # a valid change, in the same file
-    recommend["args"]["ranker"]["timout_s"] = 2  # ...next to a typo
+    recommend["args"]["graph"]["nodes"]["ranker"]["config"]["timout_s"] = 2  # ...next to a typo
     recommend["deployments"][0]["max_ongoing_request"] = 8  # and one that Ray's schema would drop silently
 
     result = deploy_cli(config, tmp_path, ray_cluster["dashboard_url"])
 
     assert result.returncode == 2
     assert "nothing deployed" in result.stderr
-    assert "applications[0].args.ranker.timout_s: Extra inputs are not permitted" in result.stderr
+    assert "applications[0].args.graph.nodes.ranker.triton_model.config.timout_s: Extra inputs are not permitted" in result.stderr
     assert "applications[0].deployments[0].max_ongoing_request: unknown key" in result.stderr
     time.sleep(2)
     assert deployed_times() == before

@@ -24,7 +24,7 @@ def timed_post(url: str) -> tuple[httpx.Response, float]:
 
 
 def ranker_timeout(serve_config) -> float:
-    return serve_config["applications"][0]["args"]["ranker"]["timeout_s"]
+    return serve_config["applications"][0]["args"]["graph"]["nodes"]["ranker"]["config"]["timeout_s"]
 
 
 def wait_recovered(url: str, timeout_s: float = 30) -> float:
@@ -74,11 +74,13 @@ def test_frozen_triton_times_out_within_the_configured_bound(recommend_url, trit
     wait_recovered(recommend_url)
 
 
-def extra_app(serve_config, name: str, **args_update) -> dict:
+def extra_app(serve_config, name: str, ranker: dict | None = None, **args_update) -> dict:
+    """The session's recommend graph again under `name`, its ranker's config
+    updated with `ranker` and its args with `args_update`."""
     app = copy.deepcopy(serve_config["applications"][0])
     app["name"], app["route_prefix"] = name, f"/{name}"
-    for key, value in args_update.items():
-        app["args"][key] = value
+    app["args"]["graph"]["nodes"]["ranker"]["config"].update(ranker or {})
+    app["args"].update(args_update)
     return app
 
 
@@ -90,11 +92,10 @@ def restore_config(serve_config, recommend_url):
 
 def test_bad_config_fails_at_build_time_naming_the_key(serve_config, recommend_url, restore_config):
     config = copy.deepcopy(serve_config)
-    ranker = dict(config["applications"][0]["args"]["ranker"], timout_s=2)
-    config["applications"].append(extra_app(serve_config, "broken", ranker=ranker))
+    config["applications"].append(extra_app(serve_config, "broken", ranker={"timout_s": 2}))
     deploy(config)
     status = wait_app("broken", {"DEPLOY_FAILED"}, timeout_s=60)
-    assert "ranker.timout_s" in status.message
+    assert "graph.nodes.ranker.triton_model.config.timout_s" in status.message
     assert "Extra inputs are not permitted" in status.message
     assert serve.status().applications["recommend"].status == "RUNNING"
     assert httpx.post(recommend_url, json=REQUEST, timeout=10).status_code == 200
@@ -102,8 +103,7 @@ def test_bad_config_fails_at_build_time_naming_the_key(serve_config, recommend_u
 
 def test_replica_whose_backend_stays_gone_is_replaced(serve_config, deployed, recommend_url, restore_config):
     config = copy.deepcopy(serve_config)
-    ranker = dict(config["applications"][0]["args"]["ranker"], url=f"127.0.0.1:{free_port()}")
-    orphan = extra_app(serve_config, "orphan", ranker=ranker, unhealthy_after_s=2)
+    orphan = extra_app(serve_config, "orphan", ranker={"url": f"127.0.0.1:{free_port()}"}, unhealthy_after_s=2)
     orphan["deployments"][0].update(health_check_period_s=1, health_check_timeout_s=5)
     config["applications"].append(orphan)
     deploy(config)

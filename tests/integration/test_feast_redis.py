@@ -31,7 +31,7 @@ UNKNOWN = {"user_id": [999999], "item_id": [70001]}
 
 
 def cluster_lookup(env: dict[str, str], **config) -> FeatureLookup:
-    """The node the Recommender builds from configs/cluster.yaml's `features`,
+    """The node the recommend graph builds from configs/cluster.yaml's `features`,
     with the pods' two variables set to `env` while it reads its config."""
     with feast_setup.environment(env):
         return FeatureLookup(FeatureLookupConfig(repo_path=CLUSTER_REPO, timeout_s=config.pop("timeout_s", TIMEOUT_S), **config))
@@ -101,7 +101,7 @@ def test_redis_store_returns_the_same_features_as_the_local_sqlite_store(redis, 
     lookup = cluster_lookup(cluster_env, call=call)
     assert lookup.store.config.online_store.type == "redis"
     assert lookup.store.config.online_store.connection_string.startswith(f"127.0.0.1:{redis.port},")
-    assert lookup.call == ("async" if call == "auto" else "thread")  # auto: Feast's async Redis read, as the Recommender runs it
+    assert lookup.call == ("async" if call == "auto" else "thread")  # auto: Feast's async Redis read, as the recommend graph runs it
 
     frame = read(lookup)
 

@@ -28,38 +28,50 @@ def graph_args(path: str, triton=None) -> dict:
     return args
 
 
-def test_the_recommend_graph_ranks_like_the_recommend_app(triton):
-    from apps.recommend import RecommendArgs, RecommendGraph, RecommendRequest
-    from deployments.triton_model import TritonModelConfig
+def test_the_recommend_graph_ranks_like_onnxruntime_in_process(triton, stack):
+    from mlflow import MlflowClient
 
-    app = RecommendGraph(RecommendArgs(ranker=TritonModelConfig(url=triton.grpc_url)))
-    graph = in_process(graph_args("configs/graphs/recommend.yaml", triton))
+    from tests.integration.test_recommend import expected_scores
 
-    async def both():
-        expected = await app.recommend(RecommendRequest(user_id=7, item_ids=ITEMS, k=3, explain=False))
-        answer = await graph.run({"user_id": 7, "item_ids": ITEMS, "k": 3, "explain": False})
-        await app.ranker.close()
-        await graph.close()
-        return expected, answer
+    graph = in_process(graph_args("configs/local.yaml", triton))
 
-    expected, answer = asyncio.run(both())
-    assert [i["item_id"] for i in answer.output["items"]] == [i.item_id for i in expected.items]
-    assert [i["score"] for i in answer.output["items"]] == pytest.approx([i.score for i in expected.items], abs=1e-6)
-    assert answer.output["model"] == expected.model.model_dump() == {"name": "ranker", "version": "1", "alias": "champion"}
+    async def run():
+        try:
+            return await graph.run({"user_id": 7, "item_ids": ITEMS, "k": 3, "explain": False})
+        finally:
+            await graph.close()
+
+    answer = asyncio.run(run())
+    scores = expected_scores(stack, MlflowClient(tracking_uri=stack.mlflow_uri, registry_uri=stack.mlflow_uri), "champion", 7, ITEMS)
+    best = sorted(range(len(ITEMS)), key=lambda i: -scores[i])[:3]
+    assert [i["item_id"] for i in answer.output["items"]] == [ITEMS[i] for i in best]
+    assert [i["score"] for i in answer.output["items"]] == pytest.approx([float(scores[i]) for i in best], rel=1e-5)
+    assert answer.output["model"] == {"name": "ranker", "version": "1", "alias": "champion"}
     assert answer.routes == {"explanation": "default"} and answer.output["explanation"] is None
     assert {"features", "ranker", "ranking", "total"} <= set(answer.latency_ms)
 
 
-def test_an_unreachable_llm_leaves_the_ranking_and_a_reason(triton):
-    graph = in_process(graph_args("configs/graphs/recommend.yaml", triton))
-    answer = asyncio.run(graph.run({"user_id": 7, "item_ids": ITEMS, "k": 3}))
-    assert len(answer.output["items"]) == 3
-    assert answer.output["explanation"] is None
-    assert answer.errors["explain"].startswith("node explain failed: APIConnectionError")
+def test_an_unreachable_llm_leaves_the_ranking_and_a_reason_then_cools_down(triton):
+    """The explain node is soft with cooldown_s: 5. The first request waits for
+    the LLM's failure; the next ones within 5 s skip it, saying why."""
+    graph = in_process(graph_args("configs/local.yaml", triton))
+
+    async def twice():
+        try:
+            return [await graph.run({"user_id": 7, "item_ids": ITEMS, "k": 3}) for _ in range(2)]
+        finally:
+            await graph.close()
+
+    first, second = asyncio.run(twice())
+    for answer in (first, second):
+        assert len(answer.output["items"]) == 3 and answer.output["explanation"] is None
+    assert first.errors["explain"].startswith("node explain failed: APIConnectionError")
+    assert second.errors["explain"].startswith("skipped: explain failed ") and "APIConnectionError" in second.errors["explain"]
+    assert "explain" in first.latency_ms and "explain" not in second.latency_ms
 
 
 def test_unknown_entities_are_a_404(triton):
-    graph = in_process(graph_args("configs/graphs/recommend.yaml", triton))
+    graph = in_process(graph_args("configs/local.yaml", triton))
     with pytest.raises(NotFound) as caught:
         asyncio.run(graph.run({"user_id": 999999, "item_ids": [1, 2], "explain": False}))
     assert caught.value.details == {"missing": {"user_id": [999999]}}
@@ -90,7 +102,7 @@ def test_the_ab_graph_is_sticky_names_the_version_and_shadows_the_ensemble(trito
 
 
 def test_a_switch_on_a_feature_the_service_does_not_have_fails_the_build(stack):
-    args = graph_args("configs/graphs/recommend.yaml")  # the build resolves aliases, calls no Triton
+    args = graph_args("configs/local.yaml")  # the build resolves aliases, calls no Triton
     args["graph"]["flow"]["steps"][3]["cases"][0]["when"] = {"field": "features.user_features__income[0]", "op": "gt", "value": 1}
     with pytest.raises(GraphSpecError) as caught:
         in_process(parse_args(args))
@@ -102,7 +114,7 @@ def test_a_switch_on_a_feature_the_service_does_not_have_fails_the_build(stack):
 
 
 def test_a_switch_on_a_user_feature_routes_by_its_value(triton):
-    args = graph_args("configs/graphs/recommend.yaml", triton)
+    args = graph_args("configs/local.yaml", triton)
     args["graph"]["flow"]["steps"][3]["cases"][0]["when"] = {"field": "features.user_features__age[0]", "op": "ge", "value": -1e9}
     answer = asyncio.run(in_process(args).run({"user_id": 7, "item_ids": ITEMS, "k": 1, "explain": False}))
     assert answer.routes == {"explanation": "cases[0]"}  # every age is >= -1e9, whatever request.explain says

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from tests.integration.test_graph_serve import graph_app
+from tests.integration.test_graph_serve import recommend_app
 from tests.servers import deploy, restore, wait_app, wait_http
 
 ALIAS, POLL_S = "rollout", 1.0
@@ -35,8 +35,7 @@ def registry(stack, tmp_path_factory):
 @pytest.fixture(scope="module")
 def rollout_url(serve_config, triton, recommend_url, chat_url, registry):
     _, uri = registry
-    app = graph_app("configs/graphs/recommend.yaml", triton, chat_url, "tiny-llama")
-    app["name"], app["route_prefix"] = "rollout", "/graph/rollout"
+    app = recommend_app(triton, chat_url, "rollout", "/graph/rollout")
     app["args"]["graph"]["nodes"]["ranker"]["config"].update(alias=ALIAS, registry_uri=uri, alias_poll_s=POLL_S)
     config = copy.deepcopy(serve_config)
     config["applications"].append(app)

@@ -4,34 +4,41 @@ apart as deployments of their own."""
 from __future__ import annotations
 
 import copy
+import secrets
 import time
 
 import httpx
 import pytest
 import yaml
 
+from local_stack.serve_configs import point_graph
 from tests.servers import deploy, metric_sum, replicas, restore, scrape, wait_app, wait_http
 
 ITEMS = list(range(1, 11))
 
 
-def graph_app(path: str, triton, llm_url: str, llm_model: str) -> dict:
-    """A graph config's application with the test's Triton and chat app."""
+def graph_app(path: str, triton, llm_url: str, llm_model: str, name: str | None = None) -> dict:
+    """A graph config's application (the one named `name`, or its only graph
+    app) with the test's Triton and chat app."""
     with open(path) as handle:
-        (app,) = yaml.safe_load(handle)["applications"]
-    for node in app["args"]["graph"]["nodes"].values():
-        if node["kind"] == "triton_model":
-            node["config"]["url"] = triton.grpc_url
-        if node["kind"] == "llm":
-            node["config"].update(url=llm_url, model=llm_model)
+        (app,) = [a for a in yaml.safe_load(handle)["applications"]
+                  if a["import_path"] == "apps.graph:build" and name in (None, a["name"])]
+    return point_graph(app, triton.grpc_url, llm_url, llm_model)
+
+
+def recommend_app(triton, chat_url: str, name: str, route_prefix: str) -> dict:
+    """configs/local.yaml's recommend graph, renamed to run next to the session's."""
+    app = graph_app("configs/local.yaml", triton, chat_url, "tiny-llama", name="recommend")
+    app.update(name=name, route_prefix=route_prefix)
+    app.pop("deployments", None)
     return app
 
 
 @pytest.fixture(scope="module")
 def graphs(serve_config, triton, recommend_url, chat_url):
-    """recommend.yaml with its ranker placed apart (its own deployment, 2
-    replicas), ab.yaml all inline; both next to the session's apps."""
-    recommend = graph_app("configs/graphs/recommend.yaml", triton, chat_url, "tiny-llama")
+    """The recommend graph with its ranker placed apart (its own deployment,
+    2 replicas), ab.yaml all inline; both next to the session's apps."""
+    recommend = recommend_app(triton, chat_url, "recommend-apart", "/graph/recommend")
     recommend["args"]["graph"]["nodes"]["ranker"].update(placement="deployment", num_replicas=2)
     ab = graph_app("configs/graphs/ab.yaml", triton, chat_url, "tiny-llama")
     config = copy.deepcopy(serve_config)
@@ -45,9 +52,9 @@ def graphs(serve_config, triton, recommend_url, chat_url):
     restore(serve_config)
 
 
-def test_the_recommend_graph_ranks_like_the_recommend_app(graphs, recommend_url):
+def test_placing_the_ranker_apart_changes_no_answer(graphs, recommend_url):
     body = {"user_id": 7, "item_ids": ITEMS, "k": 3, "explain": False}
-    expected = httpx.post(recommend_url, json=body, timeout=10).json()
+    expected = httpx.post(recommend_url, json=body, timeout=10).json()  # the session's app: every node inline
     answer = httpx.post(graphs["recommend"], json=body, timeout=10)
     assert answer.status_code == 200, answer.text
     got = answer.json()
@@ -131,3 +138,40 @@ def test_each_variant_has_its_requests_latency_and_score_distribution(graphs, ra
         assert seen[f"latency:{variant}"] == seen[variant]
     # every request scores its 10 items with its variant's version, and the shadow's ensemble scores with both
     assert seen["scores:1"] >= 10 * sent["champion"] and seen["scores:2"] >= 10 * sent["challenger"]
+
+
+def test_one_request_is_one_trace_with_a_span_per_node_across_deployments(graphs, ray_cluster):
+    """The caller's `traceparent` is followed: the ingress replica's span is its
+    child, the graph's steps and nodes nest under it, and the ranker, placed in
+    its own deployment, continues the trace in its own replica. The request id
+    the caller chose is on the spans of both replicas."""
+    from observability.tracing import read_spans, render_tree, span_tree
+
+    trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+    request_id = f"trace-{trace_id[:12]}"
+    headers = {"traceparent": f"00-{trace_id}-{caller_span}-01", "X-Request-ID": request_id}
+    answer = httpx.post(graphs["recommend"], json={"user_id": 7, "item_ids": ITEMS, "k": 3}, headers=headers, timeout=60)
+    assert answer.status_code == 200, answer.text
+
+    wanted = {"graph.node explain", "replica_handle_request node:ranker run"}
+    deadline = time.monotonic() + 30
+    while True:
+        spans = [s for s in read_spans(ray_cluster["spans_dir"]) if s["trace_id"] == trace_id]
+        if wanted <= {s["name"] for s in spans}:
+            break
+        assert time.monotonic() < deadline, f"spans of the trace: {sorted(s['name'] for s in spans)}"
+        time.sleep(0.5)
+    (root,) = span_tree(spans, trace_id)
+    print("\n" + render_tree([root]))
+    assert root.name == "replica_handle_request GraphIngress __call__" and root.span["parent_span_id"] == caller_span
+    steps = [child.name for child in root.children if child.name.startswith("graph.")]
+    assert steps == ["graph.node features", "graph.node ranker", "graph.node ranking", "graph.switch explanation"]
+    by_name = {node.name: node for _, node in root.walk()}
+    ranker_side = [node.name for _, node in by_name["graph.node ranker"].walk()]
+    assert "replica_handle_request node:ranker run" in ranker_side  # the hop to the ranker's own deployment
+    switch = by_name["graph.switch explanation"]
+    assert switch.span["attributes"]["graph.route"] == "cases[0]" and [c.name for c in switch.children] == ["graph.node explain"]
+    node_spans = [node.span for _, node in root.walk() if node.name.startswith("graph.node ")]
+    assert {s["attributes"]["request.id"] for s in node_spans} == {request_id}
+    assert by_name["replica_handle_request node:ranker run"].span["attributes"]["request_id"] == request_id
+    assert all(s["status"] != "ERROR" for s in spans)

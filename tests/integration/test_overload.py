@@ -14,6 +14,7 @@ import time
 import httpx
 import pytest
 
+from local_stack.serve_configs import explanations_off
 from tests.servers import deploy, restore, wait_app, wait_http
 
 REQUEST = {"user_id": 9, "item_ids": list(range(1, 21)), "k": 5, "explain": False}
@@ -23,13 +24,13 @@ REQUEST = {"user_id": 9, "item_ids": list(range(1, 21)), "k": 5, "explain": Fals
 def urls(serve_config, recommend_url):
     config = copy.deepcopy(serve_config)
     base = copy.deepcopy(config["applications"][0])
-    base["args"].pop("explain", None)
+    explanations_off(base)
     bounded, shedding = copy.deepcopy(base), copy.deepcopy(base)
     bounded.update(name="bounded", route_prefix="/bounded")
-    bounded["deployments"] = [{"name": "Recommender", "num_replicas": 1, "max_ongoing_requests": 2, "max_queued_requests": 2}]
+    bounded["deployments"] = [{"name": "GraphIngress", "num_replicas": 1, "max_ongoing_requests": 2, "max_queued_requests": 2}]
     shedding.update(name="shedding", route_prefix="/shedding")
     shedding["args"]["http"] = {"max_in_flight": 2, "retry_after_s": 2}
-    shedding["deployments"] = [{"name": "Recommender", "num_replicas": 1, "max_ongoing_requests": 16, "max_queued_requests": 64}]
+    shedding["deployments"] = [{"name": "GraphIngress", "num_replicas": 1, "max_ongoing_requests": 16, "max_queued_requests": 64}]
     config["applications"] += [bounded, shedding]
     deploy(config)
     root = recommend_url.removesuffix("/recommend")

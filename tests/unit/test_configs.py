@@ -6,53 +6,58 @@ import pytest
 from pydantic import ValidationError
 
 from apps.check import ConfigError, check_config, check_file
-from apps.recommend import RecommendArgs
+from apps.graph import GraphArgs, parse_args
 from deployments.paths import PROJECT_ROOT
 from tests.servers import load_config
+
+NODES = "applications[0].args.graph.nodes"
 
 
 def test_local_config_is_valid():
     schema = check_file(PROJECT_ROOT / "configs" / "local.yaml")
     app = schema.applications[0]
-    assert app.import_path == "apps.recommend:build"
+    assert app.import_path == "apps.graph:build"  # the recommend app is a declarative graph
     assert schema.http_options.host == "127.0.0.1"
-    RecommendArgs.model_validate(app.args)
+    GraphArgs.model_validate(app.args)
 
 
-def test_defaults_point_at_the_local_stack():
-    args = RecommendArgs()
-    assert args.ranker.protocol == "grpc"
-    assert args.ranker.alias == "champion"
-    assert args.features.feature_service == "ranking"
+def test_the_recommend_graph_points_at_the_local_stack():
+    graph = parse_args(load_config()["applications"][0]["args"]).graph
+    ranker, features = graph.nodes["ranker"].config, graph.nodes["features"].config
+    assert (ranker.protocol, ranker.alias, ranker.url) == ("grpc", "champion", "127.0.0.1:8101")
+    assert features.feature_service == "ranking" and features.repo_path == ".local/feast"
+    assert graph.request["item_ids"].unique and graph.request["item_ids"].max_length == 100
+    assert graph.nodes["explain"].dependency == "soft" and graph.nodes["explain"].cooldown_s == 5
 
 
 @pytest.mark.parametrize(
     "mutate, path, reason",
     [
-        (lambda a: a["ranker"].update(timout_s=1), "applications[0].args.ranker.timout_s", "Extra inputs are not permitted"),
-        (lambda a: a.update(max_items=0), "applications[0].args.max_items", "greater than or equal to 1"),
-        (lambda a: a["ranker"].update(protocol="udp"), "applications[0].args.ranker.protocol", "'grpc' or 'http'"),
-        (lambda a: a["features"].update(timeout_s=-1), "applications[0].args.features.timeout_s", "greater than 0"),
-        (lambda a: a.update(colour="blue"), "applications[0].args.colour", "Extra inputs are not permitted"),
+        (lambda g: g["nodes"]["ranker"]["config"].update(timout_s=1), f"{NODES}.ranker.triton_model.config.timout_s", "Extra inputs are not permitted"),
+        (lambda g: g["request"]["item_ids"].update(max_length=0), "applications[0].args.graph.request.item_ids.max_length", "greater than or equal to 1"),
+        (lambda g: g["request"]["k"].update(unique=True), "applications[0].args.graph.request.k", "only for list fields"),
+        (lambda g: g["nodes"]["ranker"]["config"].update(protocol="udp"), f"{NODES}.ranker.triton_model.config.protocol", "'grpc' or 'http'"),
+        (lambda g: g["nodes"]["features"]["config"].update(timeout_s=-1), f"{NODES}.features.feature_lookup.config.timeout_s", "greater than 0"),
+        (lambda g: g.update(colour="blue"), "applications[0].args.graph.colour", "Extra inputs are not permitted"),
+        (lambda g: g["nodes"]["ranker"].update(cooldown_s=5), f"{NODES}.ranker.triton_model", "only a soft node can be skipped"),
         # The LLM node: `mode` picks remote (a URL) or embedded (an engine in the app), each with its own keys.
-        (lambda a: a["explain"]["llm"].update(mode="local"), "applications[0].args.explain.llm", "expected tags: 'remote', 'embedded'"),
-        (lambda a: a["explain"]["llm"].update(mode="embedded"), "applications[0].args.explain.llm.embedded.engine", "Field required"),
-        (lambda a: a["explain"]["llm"].update(engine={"name": "smollm2"}), "applications[0].args.explain.llm.remote.engine", "Extra inputs"),
-        (lambda a: a["explain"]["llm"].update(url="ftp://x"), "applications[0].args.explain.llm.remote.url", "http:// or https://"),
+        (lambda g: g["nodes"]["explain"]["config"].update(mode="local"), f"{NODES}.explain.llm.config", "expected tags: 'remote', 'embedded'"),
+        (lambda g: g["nodes"]["explain"]["config"].update(mode="embedded"), f"{NODES}.explain.llm.config.embedded.engine", "Field required"),
+        (lambda g: g["nodes"]["explain"]["config"].update(engine={"name": "smollm2"}), f"{NODES}.explain.llm.config.remote.engine", "Extra inputs"),
+        (lambda g: g["nodes"]["explain"]["config"].update(url="ftp://x"), f"{NODES}.explain.llm.config.remote.url", "http:// or https://"),
         (
-            lambda a: a["explain"].update(llm={"mode": "embedded", "engine": {"name": "smollm2", "engine": {"dtype": "int3"}}}),
-            "applications[0].args.explain.llm.embedded.engine.engine.dtype",
+            lambda g: g["nodes"]["explain"].update(config={"mode": "embedded", "engine": {"name": "smollm2", "engine": {"dtype": "int3"}}}),
+            f"{NODES}.explain.llm.config.embedded.engine.engine.dtype",
             "Input should be",
         ),
     ],
 )
 def test_bad_args_are_named_by_path(mutate, path, reason):
     config = load_config()
-    mutate(config["applications"][0]["args"])
+    mutate(config["applications"][0]["args"]["graph"])
     with pytest.raises(ConfigError) as raised:
         check_config(config)
-    assert path in str(raised.value)
-    assert reason in str(raised.value)
+    assert any(line.startswith(path) and reason in line for line in str(raised.value).splitlines()), str(raised.value)
 
 
 def test_bad_serve_keys_are_named_too():
@@ -64,21 +69,23 @@ def test_bad_serve_keys_are_named_too():
 
 def test_builder_rejects_bad_args_itself():
     """What Serve runs at build time, with no pre-check in front of it."""
+    args = load_config()["applications"][0]["args"]
+    args["graph"]["nodes"]["ranker"]["config"]["alias"] = ""
     with pytest.raises(ValidationError) as raised:
-        RecommendArgs.model_validate({"ranker": {"alias": ""}})
-    assert "ranker.alias" in str(raised.value)
+        GraphArgs.model_validate(args)
+    assert "graph.nodes.ranker.triton_model.config.alias" in str(raised.value)
 
 
 def test_check_cli_exit_codes(tmp_path):
     import yaml
 
     config = load_config()
-    config["applications"][0]["args"]["ranker"]["timout_s"] = 1
+    config["applications"][0]["args"]["graph"]["nodes"]["ranker"]["config"]["timout_s"] = 1
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(config))
     result = subprocess.run([sys.executable, "-m", "apps.check", str(bad)], capture_output=True, text=True, cwd=PROJECT_ROOT)
     assert result.returncode == 1
-    assert "applications[0].args.ranker.timout_s: Extra inputs are not permitted" in result.stderr
+    assert f"{NODES}.ranker.triton_model.config.timout_s: Extra inputs are not permitted" in result.stderr
     good = subprocess.run([sys.executable, "-m", "apps.check", "configs/local.yaml"], capture_output=True, text=True, cwd=PROJECT_ROOT)
     assert good.returncode == 0, good.stderr
 

@@ -23,7 +23,7 @@ def test_the_ab_graph_shows_the_split_and_the_dashed_shadow():
 
 
 def test_the_recommend_graph_shows_the_switch_and_its_soft_node():
-    spec = load("configs/graphs/recommend.yaml").graph
+    spec = load("configs/local.yaml").graph
     found = edges(spec)
     assert ("switch explanation", "explain", "request.explain eq True", False) in found
     assert ("switch explanation", "skip", "default", False) in found

@@ -4,7 +4,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from apps import http_errors
-from apps.recommend import RecommendRequest
+from pydantic import BaseModel, ConfigDict, StrictInt
 from deployments.errors import BackendTimeout, BackendUnavailable, InvalidInput, NotFound
 
 
@@ -36,6 +36,13 @@ def test_error_bodies():
     }
 
 
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: StrictInt
+    item_ids: list[StrictInt]
+
+
 def test_handlers_shape_fastapi_errors():
     app = http_errors.install(FastAPI())
 
@@ -50,3 +57,18 @@ def test_handlers_shape_fastapi_errors():
     down = client.post("/r", json={"user_id": 1, "item_ids": [1]})
     assert down.status_code == 503 and down.headers["retry-after"] == "1"
     assert down.json()["error"]["backend"] == "triton"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [BackendTimeout("triton", 0.5), BackendUnavailable("feast", "down"), NotFound({"item_id": [70001]}), InvalidInput("k", "must be > 0")],
+    ids=lambda e: type(e).__name__,
+)
+def test_errors_cross_a_process_boundary_unchanged(error):
+    """A node placed in its own deployment raises in another replica: the
+    graph must answer with the same status, headers and body."""
+    import pickle
+
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is type(error)
+    assert (again.status, again.headers, again.body()) == (error.status, error.headers, error.body())

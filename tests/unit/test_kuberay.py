@@ -391,9 +391,9 @@ def test_serve_schema_errors_are_named(rayservice):
 
 def test_the_apps_own_arg_validation_runs_on_serve_config_v2(rayservice):
     def edit(config):
-        config["applications"][0]["args"]["ranker"]["timout_s"] = 1
+        config["applications"][0]["args"]["graph"]["nodes"]["ranker"]["config"]["timout_s"] = 1
 
-    assert_rejected(_edit_serve_config(rayservice, edit), f"{SERVE}.args.ranker.timout_s", "Extra inputs are not permitted")
+    assert_rejected(_edit_serve_config(rayservice, edit), f"{SERVE}.args.graph.nodes.ranker.triton_model.config.timout_s", "Extra inputs are not permitted")
 
 
 def test_serve_config_v2_must_be_yaml(rayservice):
@@ -497,11 +497,11 @@ def _serve_text(edit) -> str:
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda c: c["applications"][0]["args"]["ranker"].update(url="triton.default.svc:8001"),
-         "applications[0].args.ranker.url: 'triton.default.svc:8001', but the Triton Service is 'triton.serve-graphs.svc:8001'"),
+        (lambda c: c["applications"][0]["args"]["graph"]["nodes"]["ranker"]["config"].update(url="triton.default.svc:8001"),
+         "applications[0].args.graph.nodes.ranker.config.url: 'triton.default.svc:8001', but the Triton Service is 'triton.serve-graphs.svc:8001'"),
         (lambda c: c["applications"][1]["args"]["model"].update(registry_uri="sqlite:///.local/mlflow/mlflow.db"),
          "applications[1].args.model.registry_uri"),
-        (lambda c: c["applications"][0]["args"]["explain"]["llm"].update(model="other"), "the vLLM server serves 'smollm2'"),
+        (lambda c: c["applications"][0]["args"]["graph"]["nodes"]["explain"]["config"].update(model="other"), "the vLLM server serves 'smollm2'"),
         (lambda c: c["http_options"].update(host="127.0.0.1"), "Serve must listen on 0.0.0.0"),
         (lambda c: c["applications"][1]["deployments"][0]["autoscaling_config"].update(max_replicas=9),
          "Serve may scale GPU engines to 9 L4 GPUs, but the worker groups declaring them (accelerator_type) have at most 4"),
@@ -523,8 +523,8 @@ def _serve_text(edit) -> str:
          "applications[1].args.http.api_keys: none, so every route of application 'chat' would be open"),
         (lambda c: c["applications"][0]["args"]["http"].update(api_keys=[]),
          "applications[0].args.http.api_keys: none, so every route of application 'recommend' would be open"),
-        (lambda c: c["applications"][0]["args"]["explain"]["llm"].update(url="http://serve-graphs-serve.serve-graphs.svc:8000/v1"),
-         "applications[0].args.explain.llm.api_key_env: unset, but 'http://serve-graphs-serve.serve-graphs.svc:8000/v1' "
+        (lambda c: c["applications"][0]["args"]["graph"]["nodes"]["explain"]["config"].update(url="http://serve-graphs-serve.serve-graphs.svc:8000/v1"),
+         "applications[0].args.graph.nodes.explain.config.api_key_env: unset, but 'http://serve-graphs-serve.serve-graphs.svc:8000/v1' "
          "is the chat app, which requires an API key"),
     ],
 )

@@ -57,19 +57,26 @@ def test_a_wrong_config_fails_validation(bad):
         HttpSecurity.model_validate(bad)
 
 
-def test_recommend_args_take_http_and_default_to_none():
-    from apps.recommend import RecommendArgs
+def _graph_args(http=None) -> dict:
+    from tests.servers import load_config
 
-    assert RecommendArgs().http is None
-    args = RecommendArgs.model_validate({"http": {**KEYS, "max_body_bytes": 65536}})
+    args = load_config()["applications"][0]["args"]
+    return {**args, "http": http} if http is not None else args
+
+
+def test_graph_args_take_http_and_default_to_none():
+    from apps.graph import GraphArgs
+
+    assert GraphArgs.model_validate(_graph_args()).http is None
+    args = GraphArgs.model_validate(_graph_args({**KEYS, "max_body_bytes": 65536}))
     assert args.http.api_keys[0].name == "primary" and args.http.max_body_bytes == 65536
     with pytest.raises(ValidationError, match="http.api_keys.0.value"):
-        RecommendArgs.model_validate({"http": {"api_keys": [{"name": "p", "value": KEY}]}})
+        GraphArgs.model_validate(_graph_args({"api_keys": [{"name": "p", "value": KEY}]}))
 
 
-def _recommender(http) -> tuple[types.SimpleNamespace, FastAPI]:
+def _graph_ingress(http) -> tuple[types.SimpleNamespace, FastAPI]:
     """What Serve hands __serve_build_asgi_app__: self, with `app` the frozen copy of `api`."""
-    from apps.recommend import RecommendArgs
+    from apps.graph import GraphArgs
 
     app = FastAPI()
 
@@ -77,25 +84,28 @@ def _recommender(http) -> tuple[types.SimpleNamespace, FastAPI]:
     async def recommend() -> dict:
         return {"items": []}
 
-    args = RecommendArgs.model_validate({"http": http})
-    return types.SimpleNamespace(app=app, graph=types.SimpleNamespace(args=args)), app
+    from deployments.graph.request import request_model
+
+    args = GraphArgs.model_validate(_graph_args(http))
+    executor = types.SimpleNamespace(request_model=request_model(args.graph.name, args.graph.request))
+    return types.SimpleNamespace(app=app, args=args, executor=executor), app
 
 
-def test_the_recommend_replica_installs_its_http_args():
-    from apps.recommend import Recommender
+def test_the_graph_replica_installs_its_http_args():
+    from deployments.graph.serving import GraphIngress
 
-    self, app = _recommender(KEYS)
-    served = asyncio.run(Recommender.func_or_class.__serve_build_asgi_app__(self))
+    self, app = _graph_ingress(KEYS)
+    served = asyncio.run(GraphIngress.func_or_class.__serve_build_asgi_app__(self))
     client = TestClient(served)
     assert client.post("/").status_code == 401
     assert client.post("/", headers={"Authorization": f"Bearer {KEY}"}).json() == {"items": []}
 
 
-def test_the_recommend_replica_without_http_args_is_untouched():
-    from apps.recommend import Recommender
+def test_the_graph_replica_without_http_args_is_untouched():
+    from deployments.graph.serving import GraphIngress
 
-    self, app = _recommender(None)
-    served = asyncio.run(Recommender.func_or_class.__serve_build_asgi_app__(self))
+    self, app = _graph_ingress(None)
+    served = asyncio.run(GraphIngress.func_or_class.__serve_build_asgi_app__(self))
     assert served is app and app.user_middleware == []
 
 

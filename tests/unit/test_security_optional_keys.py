@@ -125,9 +125,11 @@ def test_a_config_of_only_optional_keys_is_refused(tmp_path):
 
 def test_the_apps_take_the_optional_flag():
     from apps.chat import ChatArgs
-    from apps.recommend import RecommendArgs
+    from apps.graph import GraphArgs
+    from tests.servers import load_config
 
     config = {"api_keys": [{"name": "primary", "file": "/k/primary"}, {"name": "next", "file": "/k/next", "optional": True}]}
-    assert [k.optional for k in RecommendArgs.model_validate({"http": config}).http.api_keys] == [False, True]
+    graph = load_config()["applications"][0]["args"]
+    assert [k.optional for k in GraphArgs.model_validate({**graph, "http": config}).http.api_keys] == [False, True]
     model = {"name": "smollm2", "registry_uri": "sqlite:///x.db"}
     assert ChatArgs.model_validate({"model": model, "http": config}).http.api_keys[1].optional is True

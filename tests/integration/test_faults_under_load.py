@@ -1,0 +1,232 @@
+"""Faults injected while a bounded load runs (tests/fault_load.py).
+
+Each test sends a closed-loop load (loopback, bounded in requests and
+seconds), injects one fault mid-run, heals it or lets Serve heal it, and
+holds the run to the same contract: no request hangs past its timeout,
+every failure is a clear status with the JSON error body, the error window
+is bounded, and the graph ends healthy by itself. An in-place config update
+must fail nothing at all.
+
+The graph under test is the recommend graph of configs/local.yaml (no LLM
+explanation) deployed next to the session's apps as `faults`, with its
+feature lookup and its Triton ranker placed in deployments of their own and
+two replicas of every deployment, so that each node kind has replicas to
+kill. `pytest -s` prints one table row per fault (the README's table).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import time
+
+import httpx
+import pytest
+
+from local_stack.serve_configs import explanations_off
+from tests.fault_load import LoadRun, assert_fault_contract, format_table, print_report
+from tests.servers import deploy, replicas, restore, wait_app, wait_http
+
+pytestmark = pytest.mark.integration
+
+APP = "faults"
+REQUEST = {"user_id": 9, "item_ids": list(range(1, 11)), "k": 3}
+TIMEOUT_S = 10.0  # the clients' bound: a request past it has hung
+SUMMARIES: dict = {}
+
+
+def faults_app(serve_config: dict) -> dict:
+    app = explanations_off(copy.deepcopy(serve_config["applications"][0]))
+    app["name"], app["route_prefix"] = APP, f"/{APP}"
+    small = {"num_cpus": 0.1}
+    for node in ("features", "ranker"):
+        app["args"]["graph"]["nodes"][node].update(placement="deployment", num_replicas=2, ray_actor_options=small)
+    app["deployments"] = [{"name": "GraphIngress", "num_replicas": 2, "ray_actor_options": small}]
+    return app
+
+
+@pytest.fixture(scope="module")
+def faults(serve_config, recommend_url):
+    config = copy.deepcopy(serve_config)
+    config["applications"].append(faults_app(serve_config))
+    deploy(config)
+    wait_app(APP, {"RUNNING"}, timeout_s=180)
+    url = recommend_url.removesuffix("/recommend") + f"/{APP}"
+    wait_http(f"{url}/readyz", timeout_s=60)
+    yield {"url": url, "config": config}
+    restore(serve_config)
+    if SUMMARIES:
+        print("\n\nFaults under load (tests/integration/test_faults_under_load.py)\n" + format_table(SUMMARIES))
+
+
+def kill_one_replica(app: str, deployment: str) -> str:
+    """SIGKILL one live replica process of `app#deployment`; its actor name."""
+    from ray.util.state import list_actors
+
+    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+    (victim, *_) = sorted(
+        (a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=2000) if (a.name or "").startswith(prefix)),
+        key=lambda a: a.name,
+    )
+    os.kill(victim.pid, signal.SIGKILL)
+    return victim.name.rpartition("#")[2]
+
+
+def wait_replaced(app: str, deployment: str, killed: str, count: int, timeout_s: float = 120) -> float:
+    """Seconds until `count` replicas run again and `killed` is not among them."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        live = replicas().get(f"{app}#{deployment}", set())
+        if killed not in live and len(live) >= count:
+            return time.monotonic() - started
+        time.sleep(0.5)
+    raise TimeoutError(f"{app}#{deployment}: {killed} not replaced within {timeout_s} s")
+
+
+@pytest.mark.parametrize("deployment", ["GraphIngress", "node:features", "node:ranker"])
+def test_a_killed_replica_is_replaced_and_the_graph_keeps_answering(faults, deployment):
+    with LoadRun(faults["url"], REQUEST, clients=4, request_timeout_s=TIMEOUT_S, max_seconds=120) as run:
+        run.wait_successes(40, timeout_s=30)
+        run.mark("fault")
+        killed = kill_one_replica(APP, deployment)
+        replaced_s = wait_replaced(APP, deployment, killed, count=2)
+        run.mark("recovered")
+        run.wait_successes(40, timeout_s=30, after_mark=True)
+        summary = run.stop()
+    SUMMARIES[f"replica of {deployment} killed (1 of 2)"] = summary
+    print_report(f"replica of {deployment} killed", summary)
+    print(f"replaced after {replaced_s:.1f} s")
+    assert_fault_contract(summary, max_error_window_s=5.0)
+
+
+def test_triton_stopped_and_restarted(faults, triton):
+    with LoadRun(faults["url"], REQUEST, clients=4, request_timeout_s=TIMEOUT_S, max_seconds=120) as run:
+        run.wait_successes(40, timeout_s=30)
+        run.mark("fault")
+        triton.stop()
+        run.wait_failures(10, timeout_s=30, after_mark=True)
+        triton.start()
+        run.mark("recovered")
+        run.wait_successes(40, timeout_s=60, after_mark=True)
+        summary = run.stop()
+    SUMMARIES["Triton stopped, restarted"] = summary
+    print_report("Triton stopped, restarted", summary)
+    assert {o.error_code for o in run.outcomes if not o.ok} <= {"backend_unavailable", "backend_timeout"}
+    assert all(o.retry_after for o in run.outcomes if o.status == 503)
+    outage_s = run.marks[1][1] - run.marks[0][1]
+    assert_fault_contract(summary, max_error_window_s=outage_s + 10.0)
+
+
+def test_an_in_place_update_under_load_fails_nothing(faults):
+    """`serve deploy` of a changed config (the ranker's timeout): Serve rolls
+    new replicas of the changed deployments in while the old ones drain."""
+    changed = copy.deepcopy(faults["config"])
+    app = next(a for a in changed["applications"] if a["name"] == APP)
+    app["args"]["graph"]["nodes"]["ranker"]["config"]["timeout_s"] = 1.5
+    before = {key: ids for key, ids in replicas().items() if key.startswith(f"{APP}#")}
+    with LoadRun(faults["url"], REQUEST, clients=4, request_timeout_s=TIMEOUT_S, max_seconds=180) as run:
+        run.wait_successes(40, timeout_s=30)
+        run.mark("fault")
+        deploy(changed)
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:
+            now = {key: ids for key, ids in replicas().items() if key.startswith(f"{APP}#")}
+            if all(len(now.get(key, ())) == 2 and not (now[key] & ids) for key, ids in before.items()):
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"the update did not replace every replica: before {before}, now {now}")
+        wait_app(APP, {"RUNNING"}, timeout_s=60)
+        run.mark("recovered")
+        run.wait_successes(40, timeout_s=30, after_mark=True)
+        summary = run.stop()
+    SUMMARIES["in-place config update"] = summary
+    print_report("in-place config update", summary)
+    assert_fault_contract(summary, max_error_window_s=0.0, allow_failures=False)
+    assert httpx.get(f"{faults['url']}/readyz", timeout=10).status_code == 200
+
+
+def engine_process(app: str) -> tuple[int, str]:
+    """(pid, what) of the vLLM engine of `app`'s LLMServer replica: its
+    EngineCore child process when vLLM runs one, else the replica itself."""
+    import psutil
+    from ray.util.state import list_actors
+
+    (replica,) = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=2000)
+                  if (a.name or "").startswith(f"SERVE_REPLICA::{app}#LLMServer")]
+    children = psutil.Process(replica.pid).children(recursive=True)
+    cores = [c for c in children if "EngineCore" in c.name() or "EngineCore" in " ".join(c.cmdline())]
+    return (cores[0].pid, "EngineCore process") if cores else (replica.pid, "LLMServer replica")
+
+
+def test_the_vllm_engine_killed_is_restarted_and_chat_answers_again(chat_url, serve_config):
+    """The chat app's engine process dies mid-load: requests fail clearly
+    (never hang), Serve's health check replaces the replica, chat answers
+    again by itself."""
+    payload = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Recommend an item."}], "max_tokens": 8, "temperature": 0}
+    with LoadRun(f"{chat_url}/chat/completions", payload, clients=2, request_timeout_s=60, max_seconds=400) as run:
+        run.wait_successes(10, timeout_s=60)
+        pid, what = engine_process("chat")
+        run.mark("fault")
+        os.kill(pid, signal.SIGKILL)
+        run.wait_failures(1, timeout_s=60, after_mark=True)
+        run.wait_successes(10, timeout_s=300, after_mark=True)
+        run.mark("recovered")
+        run.wait_successes(10, timeout_s=60, after_mark=True)
+        summary = run.stop()
+    SUMMARIES[f"vLLM engine killed ({what})"] = summary
+    print_report(f"vLLM engine killed ({what})", summary)
+    # Requests the engine held when it died: vLLM never answers them, and
+    # Serve ends them at http_options.request_timeout_s with its own plain 408.
+    request_timeout_s = serve_config["http_options"]["request_timeout_s"]
+    assert_fault_contract(summary, max_error_window_s=120.0,
+                          foreign=lambda f: f.status == 408 and f"timed out after {request_timeout_s:.1f}s" in f.snippet)
+    assert summary.unclear_count <= 2  # at most the clients' requests in flight
+    dead = [o for o in run.outcomes if o.status == 503]
+    assert dead and all(o.retry_after for o in dead)  # the dead engine's fast answer (apps/chat.py EngineDownGuard)
+    assert not [o for o in run.outcomes if o.status == 500]
+    wait_http(f"{chat_url}/models", timeout_s=60)
+
+
+def test_the_feast_online_store_unavailable_then_back(serve_config, recommend_url, stack, tmp_path):
+    """The recommend graph on the cluster's Feast config (Redis online store,
+    configs/feast/cluster) with a throwaway redis-server: Redis stops mid-load
+    (503 naming Feast, at once), comes back empty and is materialized again
+    (404 naming the unknown entities meanwhile), and the graph answers again
+    without a restart."""
+    from local_stack import feast_setup
+    from local_stack.redis_server import RedisServer
+
+    with RedisServer(log_file=stack.logs / "redis-faults.log") as redis:
+        registry = tmp_path / "registry.db"
+        env = feast_setup.prepare_cluster_store(stack, redis.connection_string, registry)
+        config = copy.deepcopy(serve_config)
+        app = explanations_off(copy.deepcopy(serve_config["applications"][0]))
+        app["name"], app["route_prefix"] = "faults-redis", "/faults-redis"
+        app["args"]["graph"]["nodes"]["features"]["config"]["repo_path"] = "configs/feast/cluster"
+        app["runtime_env"] = {"env_vars": env}
+        app["deployments"] = [{"name": "GraphIngress", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}}]
+        config["applications"].append(app)
+        deploy(config)
+        try:
+            wait_app("faults-redis", {"RUNNING"}, timeout_s=180)
+            url = recommend_url.removesuffix("/recommend") + "/faults-redis"
+            wait_http(f"{url}/readyz", timeout_s=60)
+            with LoadRun(url, REQUEST, clients=4, request_timeout_s=TIMEOUT_S, max_seconds=180) as run:
+                run.wait_successes(40, timeout_s=30)
+                run.mark("fault")
+                redis.stop()
+                run.wait_failures(10, timeout_s=30, after_mark=True)
+                redis.start()
+                feast_setup.prepare_cluster_store(stack, redis.connection_string, registry)
+                run.mark("recovered")
+                run.wait_successes(40, timeout_s=60, after_mark=True)
+                summary = run.stop()
+        finally:
+            restore(serve_config)
+    SUMMARIES["Feast online store (Redis) down, back"] = summary
+    print_report("Feast online store (Redis) down, back", summary)
+    assert {o.error_code for o in run.outcomes if not o.ok} <= {"backend_unavailable", "backend_timeout", "not_found"}
+    assert any(o.error_code == "backend_unavailable" for o in run.outcomes)
+    outage_s = run.marks[1][1] - run.marks[0][1]
+    assert_fault_contract(summary, max_error_window_s=outage_s + 10.0)
