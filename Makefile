@@ -63,3 +63,4 @@ clean-stack:
 # Pictures of the declarative graphs (docs/graphs.md): Mermaid text and a PNG next to each config
 graph-draw: venv
 	for config in configs/graphs/*.yaml; do $(PY) -m apps.graph_draw $$config --out $${config%.yaml}.mmd --png $${config%.yaml}.png || exit 1; done
+	$(PY) -m apps.graph_draw configs/local.yaml --app recommend --out configs/local-recommend.mmd --png configs/local-recommend.png

@@ -23,10 +23,11 @@ several apps, each under its own `route_prefix` (base URL `<prefix>/v1`).
 """
 from typing import Any, Literal, Optional
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
 from ray.serve import Application
@@ -70,6 +71,9 @@ class RegistryLLMServer(LLMServer):
         # rebuilds it lazily, outermost the middlewares added last (ours).
         app.middleware_stack = None
         app.add_middleware(EngineDownGuard, engine_error=self._engine_error)
+        for http_exception in (StarletteHTTPException, HTTPException):
+            if http_exception not in app.exception_handlers:
+                app.add_exception_handler(http_exception, openai_http_error)
         if self._http is not None:
             security.install(app, self._http)
         return app
@@ -92,6 +96,20 @@ class RegistryLLMServer(LLMServer):
         except Exception as error:  # the engine process died or stalls
             return JSONResponse({"ready": False, "reason": f"engine: {type(error).__name__}: {error}"}, status_code=503)
         return JSONResponse({"ready": True, "model": self._llm_config.model_id, "registry": self._registry})
+
+
+OPENAI_ERROR_TYPES = {401: "AuthenticationError", 403: "PermissionDeniedError", 404: "NotFoundError",
+                      422: "UnprocessableEntityError", 429: "RateLimitError"}
+
+
+async def openai_http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    """Starlette's and FastAPI's own HTTP errors (a body that is not JSON at
+    all: "There was an error parsing the body", a wrong method) in OpenAI's
+    error shape, as vLLM answers its own: the openai client parses only that.
+    Found by the schema-driven fuzz run (tests/integration/test_fuzz.py)."""
+    kind = OPENAI_ERROR_TYPES.get(error.status_code, "BadRequestError" if error.status_code < 500 else "InternalServerError")
+    body = {"error": {"message": str(error.detail), "type": kind, "param": None, "code": error.status_code}}
+    return JSONResponse(body, status_code=error.status_code, headers=getattr(error, "headers", None))
 
 
 class EngineDownGuard:

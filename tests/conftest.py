@@ -73,6 +73,7 @@ def ray_cluster():
         ray.init(address=head.address, namespace="serve", configure_logging=False)
         yield {"address": head.address, "metrics_url": head.metrics_url, "dashboard_url": head.dashboard_url,
                "idle_worker_timeout_s": IDLE_WORKER_TIMEOUT_S,
+               "serve_logs_dir": os.path.join(temp_dir, "session_latest", "logs", "serve"),
                # observability.tracing:file_exporter's default folder (configs/local.yaml's tracing_config)
                "spans_dir": os.path.join(temp_dir, "session_latest", "logs", "serve", "spans")}
         serve.shutdown()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import Counter
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -301,13 +302,17 @@ def format_table(summaries: dict[str, FaultSummary]) -> str:
     return "\n".join(lines)
 
 
-def print_report(name: str, summary: FaultSummary) -> None:
-    """One run's row and its unclear failures, for `pytest -s` output."""
+def print_report(name: str, summary: FaultSummary, outcomes: Sequence[Outcome] = ()) -> None:
+    """One run's row, its unclear failures and (given the outcomes) the most
+    common failure bodies, for `pytest -s` output."""
     print("\n" + format_table({name: summary}))
     if summary.unclear_count:
         print(f"unclear failures: {summary.unclear_count}, e.g.")
         for failure in summary.unclear_failures:
             print(f"  {failure.status} {failure.snippet!r}")
+    bodies = Counter((o.status or o.kind, o.body_snippet[:160]) for o in outcomes if not o.ok)
+    for (status, snippet), count in bodies.most_common(3):
+        print(f"  {count} x {status} {snippet!r}")
 
 
 def assert_fault_contract(

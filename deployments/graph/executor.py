@@ -23,6 +23,7 @@ The Serve seam: `node_factory` (see deployments/graph/nodes.py).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -48,6 +49,12 @@ from deployments.graph.spec import (
 from deployments.graph.tracing import node_span, step_span
 from deployments.graph.validate import GraphSpecError, Problem, check, check_bound
 from deployments.metrics import NodeMetrics
+
+# Under "ray.serve": in a Serve replica its records go to the replica's log
+# file through Serve's handler, which stamps each with the request's id
+# (Serve's request context, the client's X-Request-ID). Elsewhere they reach
+# Ray's "ray" logger like any other.
+logger = logging.getLogger("ray.serve.serve_graphs.graph")
 
 
 @dataclass
@@ -222,6 +229,7 @@ class GraphExecutor:
         except GraphError as error:
             if spec.dependency == "hard":
                 raise
+            logger.warning("node %s failed (soft: answered without it): %s", name, error.message)
             run.errors[name] = error.message
             if spec.cooldown_s:
                 self._failed[name] = (time.monotonic(), error.message)

@@ -140,7 +140,6 @@ class GraphIngress:
 
         self.args = parse_args(args)
         spec = self.args.graph
-        self._last_ready = time.monotonic()
         remote = {name: RemoteNode(name, handle, await handle.describe.remote()) for name, handle in (nodes or {}).items()}
         llm_handles = llms or {}
 
@@ -148,6 +147,9 @@ class GraphIngress:
             return remote[name] if name in remote else build_node(name, node_spec, llm_handles)
 
         self.executor = GraphExecutor(spec, node_factory=factory)
+        # The clock of unhealthy_after_s starts once the replica is built (the
+        # build itself takes seconds: Feast, Triton's client, the registry).
+        self._last_ready = time.monotonic()
 
     async def __serve_build_asgi_app__(self):
         """Serve calls this in the replica, after __init__, with `self.app` the

@@ -2,6 +2,7 @@
 dependency: when it fails or times out the ranking still comes back, the
 explanation null and the reason in `errors`."""
 import copy
+import glob
 import socket
 import time
 
@@ -97,7 +98,7 @@ def silent_server():
     sock.close()
 
 
-def test_llm_failure_and_timeout_leave_the_ranking(serve_config, deployed, recommend_url, silent_server):
+def test_llm_failure_and_timeout_leave_the_ranking(serve_config, deployed, recommend_url, silent_server, ray_cluster):
     config = copy.deepcopy(serve_config)
     base = config["applications"][0]
     for name, url, timeout_s in (
@@ -110,6 +111,8 @@ def test_llm_failure_and_timeout_leave_the_ranking(serve_config, deployed, recom
         node = app["args"]["graph"]["nodes"]["explain"]
         node.update(timeout_s=timeout_s, cooldown_s=30)
         node["config"].update(url=url, timeout_s=timeout_s)
+        # Each log record written as it comes (the shipped Serve settings buffer 1000).
+        app["runtime_env"] = {"env_vars": {"RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1"}}
         config["applications"].append(app)
     deploy(config)
     try:
@@ -117,11 +120,16 @@ def test_llm_failure_and_timeout_leave_the_ranking(serve_config, deployed, recom
             wait_app(name, {"RUNNING"}, timeout_s=120)
         reference = httpx.post(recommend_url, json={**REQUEST, "explain": False}, timeout=30).json()
 
-        down = httpx.post(f"{deployed}/llm-down", json=REQUEST, timeout=30)
+        request_id = f"llm-down-{time.time_ns()}"
+        down = httpx.post(f"{deployed}/llm-down", json=REQUEST, headers={"X-Request-ID": request_id}, timeout=30)
         assert down.status_code == 200
         assert down.json()["items"] == reference["items"]
         assert down.json()["explanation"] is None
         assert "APIConnectionError" in down.json()["errors"]["explain"]
+        # The soft failure is logged in the replica, on a line carrying the request's id.
+        logged = [line for path in glob.glob(f"{ray_cluster['serve_logs_dir']}/replica_llm-down_*.log")
+                  for line in open(path) if request_id in line]
+        assert any("node explain failed (soft" in line and "WARNING" in line for line in logged), logged
 
         started = time.monotonic()
         hangs = httpx.post(f"{deployed}/llm-hangs", json=REQUEST, timeout=30)
