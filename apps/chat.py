@@ -71,9 +71,12 @@ class RegistryLLMServer(LLMServer):
         # rebuilds it lazily, outermost the middlewares added last (ours).
         app.middleware_stack = None
         app.add_middleware(EngineDownGuard, engine_error=self._engine_error)
-        for http_exception in (StarletteHTTPException, HTTPException):
-            if http_exception not in app.exception_handlers:
-                app.add_exception_handler(http_exception, openai_http_error)
+        # vLLM answers FastAPI's HTTPException in OpenAI's shape, but a body
+        # that fails to parse raises Starlette's, which FastAPI's default
+        # handler answers as {"detail": ...}.
+        app.add_exception_handler(StarletteHTTPException, openai_http_error)
+        if HTTPException not in app.exception_handlers:
+            app.add_exception_handler(HTTPException, openai_http_error)
         if self._http is not None:
             security.install(app, self._http)
         return app
