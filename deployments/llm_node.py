@@ -85,12 +85,16 @@ class RemoteLLM:
     async def chat(self, prompt: str) -> Completion:
         """Raises asyncio.TimeoutError past `timeout_s`, openai errors otherwise."""
         from openai import APITimeoutError
+        from opentelemetry.propagate import inject
 
+        trace_headers: dict[str, str] = {}
+        inject(trace_headers)  # W3C traceparent of the current span, if any: the server's spans join this trace
         request = self._client.chat.completions.create(
             model=self.config.model,
             messages=[{"role": "user", "content": prompt}],
             max_tokens=self.config.max_tokens,
             temperature=self.config.temperature,
+            extra_headers=trace_headers or None,
         )
         try:
             response = await asyncio.wait_for(request, self.config.timeout_s)

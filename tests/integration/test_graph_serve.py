@@ -142,9 +142,10 @@ def test_each_variant_has_its_requests_latency_and_score_distribution(graphs, ra
 
 def test_one_request_is_one_trace_with_a_span_per_node_across_deployments(graphs, ray_cluster):
     """The caller's `traceparent` is followed: the ingress replica's span is its
-    child, the graph's steps and nodes nest under it, and the ranker, placed in
-    its own deployment, continues the trace in its own replica. The request id
-    the caller chose is on the spans of both replicas."""
+    child, the graph's steps and nodes nest under it, the ranker, placed in
+    its own deployment, continues the trace in its own replica, and so does
+    the chat app the LLM node calls over HTTP. The request id the caller
+    chose is on the spans of the graph's replicas."""
     from observability.tracing import read_spans, render_tree, span_tree
 
     trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
@@ -153,7 +154,7 @@ def test_one_request_is_one_trace_with_a_span_per_node_across_deployments(graphs
     answer = httpx.post(graphs["recommend"], json={"user_id": 7, "item_ids": ITEMS, "k": 3}, headers=headers, timeout=60)
     assert answer.status_code == 200, answer.text
 
-    wanted = {"graph.node explain", "replica_handle_request node:ranker run"}
+    wanted = {"graph.node explain", "replica_handle_request node:ranker run", "replica_handle_request LLMServer:tiny-llama __call__"}
     deadline = time.monotonic() + 30
     while True:
         spans = [s for s in read_spans(ray_cluster["spans_dir"]) if s["trace_id"] == trace_id]
@@ -171,6 +172,8 @@ def test_one_request_is_one_trace_with_a_span_per_node_across_deployments(graphs
     assert "replica_handle_request node:ranker run" in ranker_side  # the hop to the ranker's own deployment
     switch = by_name["graph.switch explanation"]
     assert switch.span["attributes"]["graph.route"] == "cases[0]" and [c.name for c in switch.children] == ["graph.node explain"]
+    # the LLM node's HTTP call to the chat app carries the trace (W3C traceparent): the engine's replica joins it
+    assert [c.name for c in switch.children[0].children] == ["replica_handle_request LLMServer:tiny-llama __call__"]
     node_spans = [node.span for _, node in root.walk() if node.name.startswith("graph.node ")]
     assert {s["attributes"]["request.id"] for s in node_spans} == {request_id}
     assert by_name["replica_handle_request node:ranker run"].span["attributes"]["request_id"] == request_id
