@@ -121,6 +121,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 16])
+    parser.add_argument("--pin", action="store_true",
+                        help="experiment: Ray's processes (and the replica) on the last core, the engine's OpenMP worker "
+                             "bound to core 0 (VLLM_CPU_OMP_THREADS_BIND), so the control plane stays off the engine's core")
     args = parser.parse_args()
     paths = ensure()
     logs = paths.logs / "bench"
@@ -130,6 +133,8 @@ def main() -> None:
     folder = resolve(LLMModelConfig(name=MODEL)).path
     table: dict[str, list[Result]] = {}
 
+    if args.pin:  # the engine's worker binds core 0 in both servers, so the comparison stays fair
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "0"
     print("==> vLLM's OpenAI server, started directly", flush=True)
     port = free_port()
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=f"{engine.kv_cache_space_gib:g}", HF_HUB_OFFLINE="1")
@@ -149,7 +154,10 @@ def main() -> None:
         config_file = Path(tmp) / "chat.yaml"
         config_file.write_text(yaml.safe_dump(config))
         env = dict(local_ray_env(), RAY_AUTH_MODE="disabled")
-        platform = subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", str(config_file)], cwd=PROJECT_ROOT, env=env,
+        serve_run = [str(Path(sys.executable).parent / "serve"), "run", str(config_file)]
+        if args.pin:  # everything Ray starts inherits this affinity; vLLM's worker re-binds itself to core 0
+            serve_run = ["taskset", "-c", str(os.cpu_count() - 1), *serve_run]
+        platform = subprocess.Popen(serve_run, cwd=PROJECT_ROOT, env=env,
                                     stdout=open(logs / "llm-platform.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
                                     preexec_fn=default_sigint)
         base = f"http://127.0.0.1:{config['http_options']['port']}/v1"
