@@ -34,6 +34,7 @@ from ray.serve import Application
 from ray.serve.llm import build_llm_deployment
 
 from apps import security
+from apps.security.errors import error_body, send_error
 from deployments.llm_engine import LLMModelConfig, llm_config, registry_source, resolve
 
 
@@ -101,17 +102,12 @@ class RegistryLLMServer(LLMServer):
         return JSONResponse({"ready": True, "model": self._llm_config.model_id, "registry": self._registry})
 
 
-OPENAI_ERROR_TYPES = {401: "AuthenticationError", 403: "PermissionDeniedError", 404: "NotFoundError",
-                      422: "UnprocessableEntityError", 429: "RateLimitError"}
-
-
 async def openai_http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
     """Starlette's and FastAPI's own HTTP errors (a body that is not JSON at
     all: "There was an error parsing the body", a wrong method) in OpenAI's
     error shape, as vLLM answers its own: the openai client parses only that.
     Found by the schema-driven fuzz run (tests/integration/test_fuzz.py)."""
-    kind = OPENAI_ERROR_TYPES.get(error.status_code, "BadRequestError" if error.status_code < 500 else "InternalServerError")
-    body = {"error": {"message": str(error.detail), "type": kind, "param": None, "code": error.status_code}}
+    body = error_body("openai", code=str(error.status_code), message=str(error.detail))
     return JSONResponse(body, status_code=error.status_code, headers=getattr(error, "headers", None))
 
 
@@ -132,12 +128,11 @@ class EngineDownGuard:
         if error is None:
             await self.app(scope, receive, send)
             return
-        body = {"error": {
-            "message": f"the engine is down ({type(error).__name__}); Serve is replacing this replica, retry shortly",
-            "type": "ServiceUnavailableError", "param": None, "code": 503,
-        }}
-        response = JSONResponse(body, status_code=503, headers={"Retry-After": str(self.RETRY_AFTER_S)})
-        await response(scope, receive, send)
+        await send_error(
+            scope, receive, send, error_format="openai", status=503, code="engine_down", openai_type="server_error",
+            message=f"the engine is down ({type(error).__name__}); Serve is replacing this replica, retry shortly",
+            headers={"Retry-After": str(self.RETRY_AFTER_S)},
+        )
 
 
 def build(args: ChatArgs) -> Application:

@@ -16,11 +16,14 @@ from starlette.types import Receive, Scope, Send
 ErrorFormat = Literal["project", "openai"]
 
 
-def error_body(error_format: ErrorFormat, code: str, message: str, **details: Any) -> dict[str, Any]:
-    """OpenAI's shape has no room for details: they belong in `message` too."""
+def error_body(
+    error_format: ErrorFormat, code: str, message: str, openai_type: str = "invalid_request_error", **details: Any
+) -> dict[str, Any]:
+    """OpenAI's shape has no room for details: they belong in `message` too.
+    `openai_type` defaults to what api.openai.com answers for auth and size
+    errors alike."""
     if error_format == "openai":
-        # What api.openai.com answers for auth and size errors alike.
-        return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+        return {"error": {"message": message, "type": openai_type, "param": None, "code": code}}
     return {"error": {"code": code, "message": message, **details}}
 
 
