@@ -1,0 +1,88 @@
+"""The vLLM plugins this package registers (deployments/vllm_plugins.py):
+the engine core waits for its worker without starving its own threads."""
+import multiprocessing
+import time
+
+import pytest
+
+from deployments import vllm_plugins
+
+
+def _installed_in(process_name: str, env: dict[str, str], result) -> None:
+    import os
+
+    os.environ.update(env)
+    from vllm.distributed.device_communicators import shm_broadcast
+
+    vllm_wait = shm_broadcast.SpinCondition.wait
+    vllm_plugins.yield_the_gil_while_waiting()
+    result.put(shm_broadcast.SpinCondition.wait is not vllm_wait)
+
+
+def installed(process_name: str, env: dict[str, str] | None = None) -> bool:
+    """Whether the plugin replaced SpinCondition.wait in a fresh process of that name."""
+    context = multiprocessing.get_context("spawn")
+    result = context.Queue()
+    process = context.Process(target=_installed_in, args=(process_name, env or {}, result), name=process_name)
+    process.start()
+    try:
+        return result.get(timeout=120)
+    finally:
+        process.join(timeout=30)
+
+
+def test_the_entry_point_is_registered_for_vllm():
+    from importlib.metadata import entry_points
+
+    plugins = {entry.name: entry.value for entry in entry_points(group="vllm.general_plugins")}
+    assert plugins["engine_core_yields_gil"] == "deployments.vllm_plugins:yield_the_gil_while_waiting"
+
+
+def test_only_the_engine_core_process_changes_how_it_waits():
+    assert installed("EngineCore")
+    assert not installed("VllmWorker-0")  # the worker spins on its own core, as vLLM does
+
+
+def test_vllms_own_waiting_is_kept_on_request():
+    assert not installed("EngineCore", {"SERVE_GRAPHS_VLLM_SPIN": "1"})
+
+
+class _Reader:
+    """What the patched wait reads of vLLM's SpinCondition: a reader that
+    read last at `last_read` and busy-loops for `busy_loop_s` after it."""
+
+    is_reader = True
+
+    def __init__(self, last_read: float, busy_loop_s: float = 1.0):
+        self.last_read, self.busy_loop_s = last_read, busy_loop_s
+
+
+@pytest.fixture
+def patched_condition(monkeypatch):
+    """SpinCondition.wait as the plugin installs it, with vLLM's own wait
+    recorded instead of polling a socket."""
+    from vllm.distributed.device_communicators import shm_broadcast
+
+    idle_waits = []
+    monkeypatch.setattr(shm_broadcast.SpinCondition, "wait", lambda self, timeout_ms=None: idle_waits.append(timeout_ms))
+    monkeypatch.delattr(shm_broadcast.SpinCondition, "_serve_graphs_sleeps", raising=False)
+    monkeypatch.setattr(multiprocessing.current_process(), "name", "EngineCore")
+    vllm_plugins.yield_the_gil_while_waiting()
+    return shm_broadcast.SpinCondition.wait, idle_waits
+
+
+def test_a_busy_reader_sleeps_instead_of_spinning(patched_condition):
+    wait, idle_waits = patched_condition
+    started = time.perf_counter()
+    for _ in range(20):
+        wait(_Reader(last_read=time.monotonic()))
+    elapsed = time.perf_counter() - started
+    assert idle_waits == []
+    assert elapsed >= 20 * vllm_plugins.ENGINE_CORE_POLL_S  # each wait gave the GIL and the core away
+    assert elapsed < 0.5  # ... for microseconds, not a scheduler tick
+
+
+def test_an_idle_reader_waits_on_vllms_socket_as_before(patched_condition):
+    wait, idle_waits = patched_condition
+    wait(_Reader(last_read=time.monotonic() - 5), timeout_ms=250)
+    assert idle_waits == [250]
