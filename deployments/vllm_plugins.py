@@ -22,25 +22,30 @@ def init_cpu_amx() -> None:
 
 
 def yield_the_gil_while_waiting() -> None:
-    """In vLLM's engine core process, wait for the worker's step result with a
-    short sleep instead of `os.sched_yield()`.
+    """In vLLM's engine core process, wait for the worker's step result with
+    short sleeps instead of `os.sched_yield()`.
 
     The engine core reads each step's result from its CPU worker through a
     shared-memory queue, busy-looping for a second after every read. Each
-    `sched_yield` drops and at once retakes the GIL, and CPython counts every
-    retake as a hand-off, so the engine core's output thread (it sends the
-    tokens to the API server) may not get the GIL before the engine goes
-    idle: a whole stream's tokens then leave together, after the last one.
-    Measured on 2 cores: time to first token equal to the whole stream's
-    time in 40-100 % of streams, through vLLM's own server as through Ray
-    Serve. A sleep of a few tens of microseconds releases the GIL long enough
-    for the output thread to take it. Only the engine core process changes
-    (vLLM names it `EngineCore`); the worker keeps spinning on its own core.
+    `sched_yield` drops the GIL and retakes it at once, and every drop wakes
+    a thread waiting for the GIL and restarts that thread's 5 ms timer, the
+    one that would make the holder hand over: so the engine core's output
+    thread (it sends the tokens to the API server) may not get the GIL before
+    the engine goes idle, and a whole stream's tokens leave together after
+    the last one. Measured on 2 cores: the first token as late as the last in
+    40-100 % of streams, through vLLM's own server as through Ray Serve.
+
+    Sleeping hands the GIL over: each wait sleeps POLL_S, long enough for
+    the engine core's input and output threads to be scheduled and take the
+    GIL even while the machine is busy (20 µs was not enough at 16 streams
+    on 2 cores: the first token as late as the last in about half of them),
+    short against a CPU decode step (2-5 ms). Only the engine core process
+    changes (vLLM names it `EngineCore`); the worker keeps spinning on its
+    own core.
     `SERVE_GRAPHS_VLLM_SPIN=1` keeps vLLM's own waiting.
     """
     import multiprocessing
     import os
-    import time
 
     if os.environ.get("SERVE_GRAPHS_VLLM_SPIN") == "1":
         return
@@ -51,22 +56,29 @@ def yield_the_gil_while_waiting() -> None:
     condition = shm_broadcast.SpinCondition
     if getattr(condition, "_serve_graphs_sleeps", False):
         return
-    vllm_wait = condition.wait
-
-    def wait(self, timeout_ms=None):
-        if self.is_reader and time.monotonic() <= self.last_read + self.busy_loop_s:
-            time.sleep(ENGINE_CORE_POLL_S)
-        else:
-            vllm_wait(self, timeout_ms=timeout_ms)
-
-    condition.wait = wait
+    condition.wait = _sleeping_wait(condition.wait)
     condition._serve_graphs_sleeps = True
     _tighten_timer_slack()
 
 
+POLL_S = 200e-6  # a CPU decode step takes milliseconds
+
+
+def _sleeping_wait(vllm_wait):
+    import time
+
+    def wait(self, timeout_ms=None):
+        if self.is_reader and time.monotonic() <= self.last_read + self.busy_loop_s:
+            time.sleep(POLL_S)
+        else:
+            vllm_wait(self, timeout_ms=timeout_ms)  # idle: vLLM's own wait on its socket
+
+    return wait
+
+
 def _tighten_timer_slack() -> None:
     """Linux rounds a thread's sleeps up by its timer slack (50 µs by
-    default); 1 µs keeps the engine core's poll close to ENGINE_CORE_POLL_S.
+    default); 1 µs keeps the engine core's polls close to POLL_S.
     Called on the engine core's main thread, the one that waits."""
     import ctypes
 
@@ -75,6 +87,3 @@ def _tighten_timer_slack() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the default slack only costs latency
         pass
-
-
-ENGINE_CORE_POLL_S = 20e-6  # ~70 µs with Linux's default timer slack; a CPU decode step is ~2 ms
