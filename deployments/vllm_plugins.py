@@ -41,8 +41,9 @@ def yield_the_gil_while_waiting() -> None:
     on 2 cores: the first token as late as the last in about half of them),
     short against a CPU decode step (2-5 ms). Only the engine core process
     changes (vLLM names it `EngineCore`); the worker keeps spinning on its
-    own core.
-    `SERVE_GRAPHS_VLLM_SPIN=1` keeps vLLM's own waiting.
+    own core. CPU engines only: GPU engines (steps of tens of milliseconds,
+    cores to spare) keep vLLM's waiting, which was not measured to suffer.
+    `SERVE_GRAPHS_VLLM_SPIN=1` keeps vLLM's own waiting on the CPU too.
     """
     import multiprocessing
     import os
@@ -52,7 +53,10 @@ def yield_the_gil_while_waiting() -> None:
     if not multiprocessing.current_process().name.startswith("EngineCore"):
         return
     from vllm.distributed.device_communicators import shm_broadcast
+    from vllm.platforms import current_platform
 
+    if not current_platform.is_cpu():
+        return
     condition = shm_broadcast.SpinCondition
     if getattr(condition, "_serve_graphs_sleeps", False):
         return

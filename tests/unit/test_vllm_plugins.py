@@ -86,3 +86,15 @@ def test_an_idle_reader_waits_on_vllms_socket_as_before(patched_condition):
     wait, idle_waits = patched_condition
     wait(_Reader(last_read=time.monotonic() - 5), timeout_ms=250)
     assert idle_waits == [250]
+
+
+def test_gpu_engines_keep_vllms_waiting(monkeypatch):
+    from vllm.distributed.device_communicators import shm_broadcast
+    from vllm.platforms import current_platform
+
+    vllm_wait = shm_broadcast.SpinCondition.wait
+    monkeypatch.delattr(shm_broadcast.SpinCondition, "_serve_graphs_sleeps", raising=False)
+    monkeypatch.setattr(multiprocessing.current_process(), "name", "EngineCore")
+    monkeypatch.setattr(current_platform, "is_cpu", lambda: False)
+    vllm_plugins.yield_the_gil_while_waiting()
+    assert shm_broadcast.SpinCondition.wait is vllm_wait
