@@ -7,6 +7,10 @@ model from the registry, same engine settings, measured in the same run.
 Streams completions (64 tokens, greedy, ignore_eos) with closed-loop clients
 at concurrency 1, 8 and 16; prints output tokens/s and time-to-first-token
 p50/p99, and the platform/direct ratios.
+
+Both servers run the engine code of this environment, this package's vLLM
+plugins included (deployments/vllm_plugins.py). `SERVE_GRAPHS_VLLM_SPIN=1`
+in the environment runs both with vLLM's own engine-core waiting instead.
 """
 from __future__ import annotations
 
@@ -121,9 +125,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 16])
-    parser.add_argument("--pin", action="store_true",
-                        help="experiment: Ray's processes (and the replica) on the last core, the engine's OpenMP worker "
-                             "bound to core 0 (VLLM_CPU_OMP_THREADS_BIND), so the control plane stays off the engine's core")
     args = parser.parse_args()
     paths = ensure()
     logs = paths.logs / "bench"
@@ -133,8 +134,6 @@ def main() -> None:
     folder = resolve(LLMModelConfig(name=MODEL)).path
     table: dict[str, list[Result]] = {}
 
-    if args.pin:  # the engine's worker binds core 0 in both servers, so the comparison stays fair
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "0"
     print("==> vLLM's OpenAI server, started directly", flush=True)
     port = free_port()
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=f"{engine.kv_cache_space_gib:g}", HF_HUB_OFFLINE="1")
@@ -155,8 +154,6 @@ def main() -> None:
         config_file.write_text(yaml.safe_dump(config))
         env = dict(local_ray_env(), RAY_AUTH_MODE="disabled")
         serve_run = [str(Path(sys.executable).parent / "serve"), "run", str(config_file)]
-        if args.pin:  # everything Ray starts inherits this affinity; vLLM's worker re-binds itself to core 0
-            serve_run = ["taskset", "-c", str(os.cpu_count() - 1), *serve_run]
         platform = subprocess.Popen(serve_run, cwd=PROJECT_ROOT, env=env,
                                     stdout=open(logs / "llm-platform.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
                                     preexec_fn=default_sigint)
@@ -169,7 +166,9 @@ def main() -> None:
             stop_haproxy(env)
 
     direct_by_c = {r.concurrency: r for r in table["vllm-direct"]}
-    print(f"\nstreamed completions, {MAX_TOKENS} tokens, greedy, {MODEL} ({engine.dtype}, max_num_seqs {engine.max_num_seqs}); {os.cpu_count()} cores, {args.seconds:g} s per level")
+    waiting = "vLLM's own (SERVE_GRAPHS_VLLM_SPIN=1)" if os.environ.get("SERVE_GRAPHS_VLLM_SPIN") == "1" else "this package's plugin"
+    print(f"\nstreamed completions, {MAX_TOKENS} tokens, greedy, {MODEL} ({engine.dtype}, max_num_seqs {engine.max_num_seqs}); "
+          f"{os.cpu_count()} cores, {args.seconds:g} s per level; engine-core waiting: {waiting}")
     print("| server | concurrency | output tok/s | TTFT p50 ms | TTFT p99 ms | tok/s vs direct | TTFT p50 overhead |")
     print("|---|---|---|---|---|---|---|")
     for name, results in table.items():
