@@ -8,7 +8,7 @@ import pytest
 from deployments import vllm_plugins
 
 
-def _installed_in(process_name: str, env: dict[str, str], result) -> None:
+def _installed_in(env: dict[str, str], result) -> None:
     import os
 
     os.environ.update(env)
@@ -23,7 +23,7 @@ def installed(process_name: str, env: dict[str, str] | None = None) -> bool:
     """Whether the plugin replaced SpinCondition.wait in a fresh process of that name."""
     context = multiprocessing.get_context("spawn")
     result = context.Queue()
-    process = context.Process(target=_installed_in, args=(process_name, env or {}, result), name=process_name)
+    process = context.Process(target=_installed_in, args=(env or {}, result), name=process_name)
     process.start()
     try:
         return result.get(timeout=120)
