@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections import Counter
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
