@@ -16,6 +16,7 @@ kill. `pytest -s` prints one table row per fault (the README's table).
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 import time
@@ -165,14 +166,18 @@ def engine_process(app: str) -> tuple[int, str]:
 
 def test_the_vllm_engine_killed_is_restarted_and_chat_answers_again(chat_url, serve_config):
     """The chat app's engine process dies mid-load: requests fail clearly
-    (never hang), Serve's health check replaces the replica, chat answers
-    again by itself."""
+    (never hang), a stream under way included, Serve's health check replaces
+    the replica, chat answers again by itself."""
     payload = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Recommend an item."}], "max_tokens": 8, "temperature": 0}
     with LoadRun(f"{chat_url}/chat/completions", payload, clients=2, request_timeout_s=60, max_seconds=400) as run:
         run.wait_successes(10, timeout_s=60)
         pid, what = engine_process("chat")
-        run.mark("fault")
-        os.kill(pid, signal.SIGKILL)
+        with StreamInFlight(chat_url) as stream:
+            run.mark("fault")
+            os.kill(pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            events = stream.rest(timeout_s=30)
+        stream_ended_after_s = time.monotonic() - killed_at
         run.wait_failures(1, timeout_s=60, after_mark=True)
         run.wait_successes(10, timeout_s=300, after_mark=True)
         run.mark("recovered")
@@ -180,8 +185,11 @@ def test_the_vllm_engine_killed_is_restarted_and_chat_answers_again(chat_url, se
         summary = run.stop()
     SUMMARIES[f"vLLM engine killed ({what})"] = summary
     print_report(f"vLLM engine killed ({what})", summary, run.outcomes)
-    # Requests the engine held when it died: vLLM never answers them, and
-    # Serve ends them at http_options.request_timeout_s with its own plain 408.
+    print(f"the stream in flight ended {stream_ended_after_s:.1f} s after the kill: {events[-2:]}")
+    # The requests the engine held get vLLM's 500 at once; the dead engine's
+    # replica answers 503 until Serve stops it. Requests sent after that, while
+    # no replica is up (the new engine loads for 10-40 s), wait in Serve and
+    # end at http_options.request_timeout_s with Serve's own plain-text 408.
     request_timeout_s = serve_config["http_options"]["request_timeout_s"]
     assert_fault_contract(summary, max_error_window_s=120.0,
                           foreign=lambda f: f.status == 408 and f"timed out after {request_timeout_s:.1f}s" in f.snippet)
@@ -189,7 +197,50 @@ def test_the_vllm_engine_killed_is_restarted_and_chat_answers_again(chat_url, se
     dead = [o for o in run.outcomes if o.status == 503]
     assert dead and all(o.retry_after for o in dead)  # the dead engine's fast answer (apps/chat.py EngineDownGuard)
     assert len([o for o in run.outcomes if o.status == 500]) <= 2  # vLLM's own 500, before it marks the engine dead
+    # The stream under way ended at once, as vLLM ends a failed stream: an
+    # OpenAI error event (the openai client raises it), then [DONE].
+    assert events[-1] == "[DONE]", events[-3:]
+    assert "error" in json.loads(events[-2]), events[-2]
+    assert stream_ended_after_s < 5
     wait_http(f"{chat_url}/models", timeout_s=60)
+
+
+class StreamInFlight:
+    """A long streamed completion, under way (first token read) when entered."""
+
+    def __init__(self, chat_url: str):
+        body = {"model": "tiny-llama", "prompt": "Tell a long story.", "max_tokens": 400, "ignore_eos": True,
+                "temperature": 0, "stream": True}
+        self._client = httpx.Client(timeout=60)
+        self._request = self._client.build_request("POST", f"{chat_url}/completions", json=body)
+
+    def __enter__(self) -> "StreamInFlight":
+        self._response = self._client.send(self._request, stream=True)
+        assert self._response.status_code == 200, self._response.read()
+        self._lines = self._response.iter_lines()
+        self.events = [self._next_event()]
+        return self
+
+    def _next_event(self) -> str:
+        for line in self._lines:
+            if line.startswith("data: "):
+                return line[len("data: "):]
+        raise EOFError("the stream closed without [DONE]")
+
+    def rest(self, timeout_s: float) -> list[str]:
+        """Every event until [DONE] (or the stream closes), within timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        while self.events[-1] != "[DONE]":
+            assert time.monotonic() < deadline, f"the stream is still open {timeout_s} s on: {self.events[-3:]}"
+            try:
+                self.events.append(self._next_event())
+            except EOFError:
+                break
+        return self.events
+
+    def __exit__(self, *exc) -> None:
+        self._response.close()
+        self._client.close()
 
 
 def test_the_feast_online_store_unavailable_then_back(serve_config, recommend_url, stack, tmp_path):
