@@ -6,7 +6,8 @@ model from the registry, same engine settings, measured in the same run.
 
 Streams completions (64 tokens, greedy, ignore_eos) with closed-loop clients
 at concurrency 1, 8 and 16; prints output tokens/s and time-to-first-token
-p50/p99, and the platform/direct ratios.
+p50/p99, and the platform/direct ratios. The clients (aiohttp, parsing only
+the chunks they need) share the servers' cores: each level prints their CPU.
 
 Both servers run the engine code of this environment, this package's vLLM
 plugins included (deployments/vllm_plugins.py). `SERVE_GRAPHS_VLLM_SPIN=1`
@@ -26,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import httpx
 import numpy as np
 import yaml
@@ -51,51 +53,58 @@ class Result:
     seconds: float
     ttft_p50_ms: float
     ttft_p99_ms: float
+    client_cpu: float  # the load generator's own CPU, in cores (it shares the machine)
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds
 
 
-async def stream_one(client: httpx.AsyncClient, url: str, i: int) -> tuple[float, int]:
+async def stream_one(session: aiohttp.ClientSession, url: str, i: int) -> tuple[float, int]:
+    """One streamed completion: (time to its first text, completion tokens).
+    Only the chunks that matter are parsed (the first text, the usage), to
+    keep the client's CPU, on the servers' cores, low."""
     body = {"model": MODEL, "prompt": f"Request {i}: a story about items", "max_tokens": MAX_TOKENS, "temperature": 0,
             "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
     started = time.perf_counter()
     ttft, tokens = None, 0
-    async with client.stream("POST", url, json=body) as response:
+    async with session.post(url, json=body) as response:
         response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
+        async for line in response.content:
+            if not line.startswith(b"data: {"):
                 continue
-            chunk = json.loads(line[6:])
-            if ttft is None and chunk.get("choices") and chunk["choices"][0].get("text"):
-                ttft = time.perf_counter() - started
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
+            if ttft is None:
+                chunk = json.loads(line[6:])
+                if chunk.get("choices") and chunk["choices"][0].get("text"):
+                    ttft = time.perf_counter() - started
+            if b'"completion_tokens"' in line:
+                usage = json.loads(line[6:]).get("usage")
+                tokens = usage["completion_tokens"] if usage else tokens
     return (ttft if ttft is not None else float("nan")), tokens
 
 
 async def run(url: str, concurrency: int, seconds: float) -> Result:
     ttfts: list[float] = []
     tokens = 0
-    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=concurrency)) as client:
-        await stream_one(client, url, -1)  # warm-up
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+        await stream_one(session, url, -1)  # warm-up
         deadline = time.perf_counter() + seconds
 
         async def worker(w: int) -> None:
             nonlocal tokens
             i = 0
             while time.perf_counter() < deadline:
-                ttft, n = await stream_one(client, url, w * 1000 + i)
+                ttft, n = await stream_one(session, url, w * 1000 + i)
                 ttfts.append(ttft)
                 tokens += n
                 i += 1
 
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     p50, p99 = np.nanpercentile(np.array(ttfts) * 1000, [50, 99])
-    return Result(concurrency, len(ttfts), tokens, elapsed, float(p50), float(p99))
+    return Result(concurrency, len(ttfts), tokens, elapsed, float(p50), float(p99), cpu / elapsed)
 
 
 def wait_ok(url: str, process: subprocess.Popen, timeout_s: float = 400) -> None:
@@ -116,7 +125,7 @@ def measure(name: str, url: str, levels: list[int], seconds: float) -> list[Resu
     results = []
     for concurrency in levels:
         r = asyncio.run(run(url, concurrency, seconds))
-        print(f"    {name} c={concurrency:<3} {r.tokens_per_s:7.1f} tok/s  TTFT p50 {r.ttft_p50_ms:7.1f} ms  p99 {r.ttft_p99_ms:7.1f} ms  ({r.requests} requests)", flush=True)
+        print(f"    {name} c={concurrency:<3} {r.tokens_per_s:7.1f} tok/s  TTFT p50 {r.ttft_p50_ms:7.1f} ms  p99 {r.ttft_p99_ms:7.1f} ms  ({r.requests} requests, client CPU {r.client_cpu:.0%} of a core)", flush=True)
         results.append(r)
     return results
 
