@@ -112,3 +112,15 @@ def test_serve_keys_ray_would_ignore_or_defer_are_named(mutate, path, reason):
     with pytest.raises(ConfigError) as raised:
         check_config(config)
     assert any(line.startswith(path) and reason in line for line in str(raised.value).splitlines()), str(raised.value)
+
+
+@pytest.mark.parametrize("engine_metrics", [True, False])
+def test_engine_metrics_switch_reaches_ray_serve_llm(engine_metrics):
+    """`engine_metrics` is ray.serve.llm's log_engine_metrics: on by default
+    (the dashboards read ray_vllm_*), off to save the replica's CPU."""
+    from deployments.llm_engine import LLMModelConfig, ResolvedModel, llm_config
+
+    args = {"name": "tiny-llama"} if engine_metrics else {"name": "tiny-llama", "engine_metrics": False}
+    config = llm_config(LLMModelConfig.model_validate(args),
+                        ResolvedModel(name="tiny-llama", alias="champion", version="1", path="/models/tiny-llama"))
+    assert config.log_engine_metrics is engine_metrics
