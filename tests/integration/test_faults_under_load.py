@@ -217,25 +217,18 @@ class StreamInFlight:
     def __enter__(self) -> "StreamInFlight":
         self._response = self._client.send(self._request, stream=True)
         assert self._response.status_code == 200, self._response.read()
-        self._lines = self._response.iter_lines()
-        self.events = [self._next_event()]
+        self._events = (line[len("data: "):] for line in self._response.iter_lines() if line.startswith("data: "))
+        self.events = [next(self._events)]
         return self
-
-    def _next_event(self) -> str:
-        for line in self._lines:
-            if line.startswith("data: "):
-                return line[len("data: "):]
-        raise EOFError("the stream closed without [DONE]")
 
     def rest(self, timeout_s: float) -> list[str]:
         """Every event until [DONE] (or the stream closes), within timeout_s."""
         deadline = time.monotonic() + timeout_s
-        while self.events[-1] != "[DONE]":
-            assert time.monotonic() < deadline, f"the stream is still open {timeout_s} s on: {self.events[-3:]}"
-            try:
-                self.events.append(self._next_event())
-            except EOFError:
+        for event in self._events:
+            self.events.append(event)
+            if event == "[DONE]":
                 break
+            assert time.monotonic() < deadline, f"the stream is still open {timeout_s} s on: {self.events[-3:]}"
         return self.events
 
     def __exit__(self, *exc) -> None:
