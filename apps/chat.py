@@ -29,13 +29,12 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
-from ray.llm._internal.serve.core.server.llm_server import LLMServer
 from ray.serve import Application
-from ray.serve.llm import build_llm_deployment
 
 from apps import security
 from apps.security.errors import error_body, send_error
-from deployments.llm_engine import LLMModelConfig, llm_config, registry_source, resolve
+from deployments.llm_engine import LLMModelConfig, llm_deployment, registry_source, resolve
+from deployments.llm_metrics import MeteredLLMServer
 
 
 class ChatHttpSecurity(security.HttpSecurity):
@@ -55,7 +54,7 @@ class ChatArgs(BaseModel):
     )
 
 
-class RegistryLLMServer(LLMServer):
+class RegistryLLMServer(MeteredLLMServer):
     """LLMServer as the app's ingress: vLLM's OpenAI app plus the registry."""
 
     async def __init__(self, llm_config: Any, *, registry: dict[str, str], http: Optional[dict] = None, **kwargs):
@@ -141,9 +140,7 @@ def build(args: ChatArgs) -> Application:
     bind_kwargs: dict[str, Any] = {"registry": registry_source(args.model, resolved)}
     if args.http is not None:  # names and sources only: the keys are read in the replica
         bind_kwargs["http"] = args.http.model_dump(mode="json")
-    return build_llm_deployment(
-        llm_config(args.model, resolved),
-        name_prefix="LLMServer:",
-        bind_kwargs=bind_kwargs,
+    return llm_deployment(
+        args.model, resolved, name_prefix="LLMServer:", bind_kwargs=bind_kwargs,
         deployment_cls=serve.ingress()(RegistryLLMServer),
     )

@@ -96,12 +96,10 @@ def in_process(args: GraphArgs | dict[str, Any]) -> GraphExecutor:
 
 def _engine(name: str, node: Any) -> Any:
     """An embedded LLM node's engine: ray.serve.llm's LLMServer, in this app."""
-    from ray.serve.llm import build_llm_deployment
-
-    from deployments.llm_engine import llm_config, resolve
+    from deployments.llm_engine import llm_deployment, resolve
 
     engine = node.config.engine
-    return build_llm_deployment(llm_config(engine, resolve(engine)), name_prefix=f"GraphLLM:{name}:")
+    return llm_deployment(engine, resolve(engine), name_prefix=f"GraphLLM:{name}:")
 
 
 def _node_options(name: str, node: Any) -> dict[str, Any]:

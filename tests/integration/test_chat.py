@@ -196,6 +196,44 @@ def test_client_disconnect_mid_stream_aborts_the_request_in_the_engine(chat_url,
     assert running == 0
 
 
+ENGINE_SERIES = ("generation_tokens_total", "prompt_tokens_total", "e2e_request_latency_seconds_count",
+                 "e2e_request_latency_seconds_sum", "time_to_first_token_seconds_sum", "inter_token_latency_seconds_count")
+
+
+def engine_samples(text: str, prefix: str) -> dict[str, dict[str, float]]:
+    """{worker: {series: value}} of the chat model's ENGINE_SERIES in a
+    Prometheus text (vLLM's own has no WorkerId label: one worker, "")."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            series = sample.name.removeprefix(prefix)
+            if sample.name.startswith(prefix) and series in ENGINE_SERIES and sample.labels.get("model_name") == MODEL:
+                found.setdefault(sample.labels.get("WorkerId", ""), {})[series] = sample.value
+    return found
+
+
+def test_engine_metrics_reach_ray_exactly_as_vllm_counts_them(client, chat_url, ray_cluster):
+    """vLLM's own Prometheus numbers (the replica's /metrics, as vLLM's server
+    serves them) and the chat replica's ray_vllm_* series on Ray's metrics
+    endpoint agree once copied and exported (deployments/llm_metrics.py):
+    counters, histogram counts and sums exact, not bucket midpoints."""
+    from tests.servers import scrape
+
+    for i in range(3):
+        client.completions.create(model=MODEL, prompt=f"Count {i}", max_tokens=7, **GREEDY)
+    deadline = time.monotonic() + 60  # copied every 2 s, exported by Ray every 10 s
+    while True:
+        (own,) = engine_samples(scrape(chat_url.removesuffix("/v1") + "/metrics"), "vllm:").values()
+        exported = engine_samples(scrape(ray_cluster["metrics_url"]), "ray_vllm_")
+        if own in exported.values() or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert own["e2e_request_latency_seconds_count"] >= 3 and own["generation_tokens_total"] >= 21
+    assert own in exported.values(), f"vLLM's own: {own}\nexported by Ray, per worker: {exported}"
+
+
 @pytest.fixture
 def broken_chat_apps(serve_config):
     """Deploys variants of the chat app next to the running one; restores after."""

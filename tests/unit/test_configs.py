@@ -115,12 +115,19 @@ def test_serve_keys_ray_would_ignore_or_defer_are_named(mutate, path, reason):
 
 
 @pytest.mark.parametrize("engine_metrics", [True, False])
-def test_engine_metrics_switch_reaches_ray_serve_llm(engine_metrics):
-    """`engine_metrics` is ray.serve.llm's log_engine_metrics: on by default
-    (the dashboards read ray_vllm_*), off to save the replica's CPU."""
-    from deployments.llm_engine import LLMModelConfig, ResolvedModel, llm_config
+def test_engine_metrics_switch_reaches_the_engine_and_the_server(engine_metrics):
+    """`engine_metrics`: vLLM computes its engine stats into its own Prometheus
+    metrics and the server (MeteredLLMServer) copies them into Ray; off, vLLM
+    computes none. Ray's per-value stat logger (log_engine_metrics) is never on."""
+    from deployments.llm_engine import LLMModelConfig, ResolvedModel, llm_config, llm_deployment
+    from deployments.llm_metrics import MeteredLLMServer
 
     args = {"name": "tiny-llama"} if engine_metrics else {"name": "tiny-llama", "engine_metrics": False}
-    config = llm_config(LLMModelConfig.model_validate(args),
-                        ResolvedModel(name="tiny-llama", alias="champion", version="1", path="/models/tiny-llama"))
-    assert config.log_engine_metrics is engine_metrics
+    model = LLMModelConfig.model_validate(args)
+    resolved = ResolvedModel(name="tiny-llama", alias="champion", version="1", path="/models/tiny-llama")
+    config = llm_config(model, resolved)
+    assert config.log_engine_metrics is False
+    assert config.engine_kwargs["disable_log_stats"] is (not engine_metrics)
+    deployment = llm_deployment(model, resolved, name_prefix="Test:")._bound_deployment
+    assert issubclass(deployment.func_or_class, MeteredLLMServer)
+    assert deployment.init_kwargs["engine_metrics"] is engine_metrics
