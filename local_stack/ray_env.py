@@ -17,8 +17,8 @@ from local_stack.serve_configs import free_port
 # for the cluster's nodes, which on this 2-core machine took 4.7 % of a core
 # (controller) and 2.3 % (GCS) while idle, against 1.7 % and 1.1 % at 0.5 s
 # (the whole idle platform with the chat app: 21.9 % -> 16.5 % of a core).
-# Deployments react half a second later at most; health checks and
-# autoscaling delays are in seconds, counted in loop passes by Serve itself.
+# Deployments react half a second later at most; health-check periods and
+# autoscaling delays are timed in seconds by Serve, not in loop passes.
 LOCAL_RAY_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_worker_niceness": "0",
