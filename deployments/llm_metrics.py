@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Optional
+from typing import Any
 
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
 
@@ -58,7 +58,7 @@ class PrometheusToRay:
             for sample in family.samples:
                 if sample.name.endswith("_created"):  # prometheus_client's creation timestamps
                     continue
-                self._gauge(sample.name, family.documentation, sample.labels).set(sample.value, tags=dict(sample.labels))
+                self._gauge(sample.name, family.documentation, sample.labels).set(sample.value, tags=sample.labels)
                 copied += 1
         return copied
 
@@ -91,8 +91,6 @@ class MeteredLLMServer(LLMServer):
 
     async def __init__(self, llm_config: Any, *, engine_metrics: bool = True, **kwargs):
         await super().__init__(llm_config, **kwargs)
-        self._engine_metrics_task: Optional[asyncio.Task] = None
-        if engine_metrics:
-            self._engine_metrics_task = asyncio.get_running_loop().create_task(
-                PrometheusToRay().copy_forever(), name="vllm-metrics-to-ray"
-            )
+        self._engine_metrics_task = (
+            asyncio.create_task(PrometheusToRay().copy_forever(), name="vllm-metrics-to-ray") if engine_metrics else None
+        )
