@@ -13,16 +13,9 @@ from local_stack.serve_configs import free_port
 
 # Keep Ray's own servers on loopback, run replicas at normal priority (Ray's
 # default nice 15 cost 35% throughput here), keep vendors' telemetry off.
-# Serve's controller loop every 0.5 s instead of 0.1 s: each pass asks the GCS
-# for the cluster's nodes, which on this 2-core machine took 4.7 % of a core
-# (controller) and 2.3 % (GCS) while idle, against 1.7 % and 1.1 % at 0.5 s
-# (the whole idle platform with the chat app: 21.9 % -> 16.5 % of a core).
-# Deployments react half a second later at most; health-check periods and
-# autoscaling delays are timed in seconds by Serve, not in loop passes.
 LOCAL_RAY_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_worker_niceness": "0",
-    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
     "RAY_USAGE_STATS_ENABLED": "0",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "FEAST_USAGE": "False",
