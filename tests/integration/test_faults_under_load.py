@@ -101,7 +101,16 @@ def test_a_killed_replica_is_replaced_and_the_graph_keeps_answering(faults, depl
     SUMMARIES[f"replica of {deployment} killed (1 of 2)"] = summary
     print_report(f"replica of {deployment} killed", summary, run.outcomes)
     print(f"replaced after {replaced_s:.1f} s")
-    assert_fault_contract(summary, max_error_window_s=5.0)
+    if deployment != "GraphIngress":
+        assert_fault_contract(summary, max_error_window_s=5.0)
+        return
+    # The requests HAProxy had open to the killed ingress process drop: as a
+    # closed connection, or, when no response had started, as HAProxy's 502,
+    # which Ray's HAProxy config answers with its plain "Internal Server Error"
+    # page (seen on a slow machine). At most the clients' requests in flight.
+    assert_fault_contract(summary, max_error_window_s=5.0,
+                          foreign=lambda f: f.status == 500 and f.snippet.strip() == "Internal Server Error")
+    assert summary.failed <= 4  # the 4 clients' requests in flight at the kill
 
 
 def test_triton_stopped_and_restarted(faults, triton):
