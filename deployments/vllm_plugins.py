@@ -63,6 +63,7 @@ def yield_the_gil_while_waiting() -> None:
     condition.wait = _sleeping_wait(condition.wait)
     condition._serve_graphs_sleeps = True
     _tighten_timer_slack()
+    _wake_without_preempting()
 
 
 POLL_S = 200e-6  # a CPU decode step takes milliseconds
@@ -78,6 +79,28 @@ def _sleeping_wait(vllm_wait):
             vllm_wait(self, timeout_ms=timeout_ms)  # idle: vLLM's own wait on its socket
 
     return wait
+
+
+def _wake_without_preempting() -> None:
+    """Run the engine core under SCHED_BATCH (this thread, and the input and
+    output threads it starts later, which inherit the policy).
+
+    Its polls wake it 5,000 times a second, and a normal task's wakeup
+    preempts the task running on its core: the HTTP front (vLLM's server or
+    the Serve replica, and HAProxy) was switched out that often on the one
+    core they share with the engine core. A SCHED_BATCH task's wakeups do not
+    preempt; it still gets its fair share of the core. Measured on 2 cores
+    (tiny Llama, 64-token streams, 20 s per level, the policy of the running
+    engine core switched back and forth, two rounds), concurrency 16: vLLM's
+    own server 5,429 / 5,481 against 5,106 / 5,221 tok/s, TTFT p50 14.0 /
+    13.9 against 21.6 / 18.7 ms; the platform TTFT p50 24.1 / 19.4 against
+    35.7 / 35.6 ms. No change at concurrency 8."""
+    import os
+
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux: wakeups preempt as before
+        pass
 
 
 def _tighten_timer_slack() -> None:

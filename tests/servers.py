@@ -89,3 +89,16 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
         if all(f'{key}="{val}"' in label_text for key, val in labels.items()):
             total += float(value)
     return total
+
+
+def engine_process(app: str) -> tuple[int, str]:
+    """(pid, what) of the vLLM engine of `app`'s LLMServer replica: its
+    EngineCore child process when vLLM runs one, else the replica itself."""
+    import psutil
+    from ray.util.state import list_actors
+
+    (replica,) = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=2000)
+                  if (a.name or "").startswith(f"SERVE_REPLICA::{app}#LLMServer")]
+    children = psutil.Process(replica.pid).children(recursive=True)
+    cores = [c for c in children if "EngineCore" in c.name() or "EngineCore" in " ".join(c.cmdline())]
+    return (cores[0].pid, "EngineCore process") if cores else (replica.pid, "LLMServer replica")

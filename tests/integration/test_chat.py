@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 
 MODEL = "tiny-llama"
@@ -93,17 +94,27 @@ def test_tokens_stream_as_they_are_generated(client):
     assert statistics.median(first_to_last) < 0.5, first_to_last
 
 
-def test_haproxy_relays_streams_under_sched_batch(client):
-    """Every thread of the cluster's HAProxy runs under SCHED_BATCH
-    (local_stack/ray_env.py), so relaying a chunk does not preempt the
-    replica writing the next one; streams still stream (the test above)."""
+def test_relays_and_engine_polls_do_not_preempt_the_replica(client):
+    """HAProxy (local_stack/ray_env.py) and vLLM's engine core
+    (deployments/vllm_plugins.py) run every thread under SCHED_BATCH: their
+    wakeups, one per relayed chunk and thousands of polls a second, no
+    longer switch out the replica writing the stream, which keeps Linux's
+    default policy. Streams still stream (the test above)."""
     from local_stack.ray_env import haproxy_pids
+    from tests.servers import engine_process
 
     client.completions.create(model=MODEL, prompt="Relay", max_tokens=4, **GREEDY)
-    pids = haproxy_pids(os.environ)
-    assert pids, "no HAProxy of this cluster running"
-    threads = [int(task.name) for pid in pids for task in Path(f"/proc/{pid}/task").iterdir()]
-    assert {os.sched_getscheduler(tid) for tid in threads} == {os.SCHED_BATCH}
+    haproxies = haproxy_pids(os.environ)
+    assert haproxies, "no HAProxy of this cluster running"
+    engine, what = engine_process("chat")
+    assert what == "EngineCore process"
+
+    def policies(pid: int) -> set[int]:
+        return {os.sched_getscheduler(int(task.name)) for task in Path(f"/proc/{pid}/task").iterdir()}
+
+    assert set().union(*map(policies, haproxies)) == {os.SCHED_BATCH}
+    assert policies(engine) == {os.SCHED_BATCH}
+    assert policies(psutil.Process(engine).parent().pid) == {os.SCHED_OTHER}  # the replica
 
 
 def test_unknown_model_is_404_in_openai_error_format(chat_url):

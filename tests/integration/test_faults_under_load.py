@@ -26,7 +26,7 @@ import pytest
 
 from local_stack.serve_configs import explanations_off
 from tests.fault_load import LoadRun, assert_fault_contract, format_table, print_report
-from tests.servers import deploy, replicas, restore, wait_app, wait_http
+from tests.servers import deploy, engine_process, replicas, restore, wait_app, wait_http
 
 pytestmark = pytest.mark.integration
 
@@ -158,19 +158,6 @@ def test_an_in_place_update_under_load_fails_nothing(faults):
     print_report("in-place config update", summary, run.outcomes)
     assert_fault_contract(summary, max_error_window_s=0.0, allow_failures=False)
     assert httpx.get(f"{faults['url']}/readyz", timeout=10).status_code == 200
-
-
-def engine_process(app: str) -> tuple[int, str]:
-    """(pid, what) of the vLLM engine of `app`'s LLMServer replica: its
-    EngineCore child process when vLLM runs one, else the replica itself."""
-    import psutil
-    from ray.util.state import list_actors
-
-    (replica,) = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=2000)
-                  if (a.name or "").startswith(f"SERVE_REPLICA::{app}#LLMServer")]
-    children = psutil.Process(replica.pid).children(recursive=True)
-    cores = [c for c in children if "EngineCore" in c.name() or "EngineCore" in " ".join(c.cmdline())]
-    return (cores[0].pid, "EngineCore process") if cores else (replica.pid, "LLMServer replica")
 
 
 def test_the_vllm_engine_killed_is_restarted_and_chat_answers_again(chat_url, serve_config):

@@ -1,6 +1,8 @@
 """The vLLM plugins this package registers (deployments/vllm_plugins.py):
 the engine core waits for its worker without starving its own threads."""
 import multiprocessing
+import os
+import threading
 import time
 
 import pytest
@@ -16,11 +18,15 @@ def _installed_in(env: dict[str, str], result) -> None:
 
     vllm_wait = shm_broadcast.SpinCondition.wait
     vllm_plugins.yield_the_gil_while_waiting()
-    result.put(shm_broadcast.SpinCondition.wait is not vllm_wait)
+    policies = []  # of a thread started after the plugin ran, like the engine core's input and output threads
+    later = threading.Thread(target=lambda: policies.append(os.sched_getscheduler(0)))
+    later.start(), later.join()
+    result.put((shm_broadcast.SpinCondition.wait is not vllm_wait, {os.sched_getscheduler(0), *policies}))
 
 
-def installed(process_name: str, env: dict[str, str] | None = None) -> bool:
-    """Whether the plugin replaced SpinCondition.wait in a fresh process of that name."""
+def plugin_effect(process_name: str, env: dict[str, str] | None = None) -> tuple[bool, set[int]]:
+    """In a fresh process of that name: whether the plugin replaced
+    SpinCondition.wait, and the scheduling policies of its threads after."""
     context = multiprocessing.get_context("spawn")
     result = context.Queue()
     process = context.Process(target=_installed_in, args=(env or {}, result), name=process_name)
@@ -29,6 +35,10 @@ def installed(process_name: str, env: dict[str, str] | None = None) -> bool:
         return result.get(timeout=120)
     finally:
         process.join(timeout=30)
+
+
+def installed(process_name: str, env: dict[str, str] | None = None) -> bool:
+    return plugin_effect(process_name, env)[0]
 
 
 def test_the_entry_point_is_registered_for_vllm():
@@ -44,7 +54,14 @@ def test_only_the_engine_core_process_changes_how_it_waits():
 
 
 def test_vllms_own_waiting_is_kept_on_request():
-    assert not installed("EngineCore", {"SERVE_GRAPHS_VLLM_SPIN": "1"})
+    assert plugin_effect("EngineCore", {"SERVE_GRAPHS_VLLM_SPIN": "1"}) == (False, {os.SCHED_OTHER})
+
+
+def test_the_engine_core_and_the_threads_it_starts_run_under_sched_batch():
+    """Its polls wake it thousands of times a second; under SCHED_BATCH those
+    wakeups do not preempt the HTTP front sharing its core."""
+    assert plugin_effect("EngineCore") == (True, {os.SCHED_BATCH})
+    assert plugin_effect("VllmWorker-0") == (False, {os.SCHED_OTHER})
 
 
 class _Reader:
