@@ -82,8 +82,8 @@ def _sleeping_wait(vllm_wait):
 
 
 def _wake_without_preempting() -> None:
-    """Run the engine core under SCHED_BATCH (this thread, and the input and
-    output threads it starts later, which inherit the policy).
+    """Run the engine core under SCHED_BATCH: every thread it has (a policy
+    is per thread on Linux), and so every thread they start.
 
     Its polls wake it 5,000 times a second, and a normal task's wakeup
     preempts the task running on its core: the HTTP front (vLLM's server or
@@ -98,8 +98,10 @@ def _wake_without_preempting() -> None:
     import os
 
     try:
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-    except (AttributeError, OSError):  # not Linux: wakeups preempt as before
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+        for tid in threads:
+            os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux, or a thread just ended: wakeups preempt as before
         pass
 
 

@@ -17,10 +17,13 @@ def _installed_in(env: dict[str, str], result) -> None:
     from vllm.distributed.device_communicators import shm_broadcast
 
     vllm_wait = shm_broadcast.SpinCondition.wait
+    started, policies = threading.Event(), []
+    earlier = threading.Thread(target=lambda: (started.wait(), policies.append(os.sched_getscheduler(0))))
+    earlier.start()  # a thread the process had before the plugin ran
     vllm_plugins.yield_the_gil_while_waiting()
-    policies = []  # of a thread started after the plugin ran, like the engine core's input and output threads
+    started.set(), earlier.join()
     later = threading.Thread(target=lambda: policies.append(os.sched_getscheduler(0)))
-    later.start(), later.join()
+    later.start(), later.join()  # one started after, like the engine core's input and output threads
     result.put((shm_broadcast.SpinCondition.wait is not vllm_wait, {os.sched_getscheduler(0), *policies}))
 
 
