@@ -144,6 +144,11 @@ class FaultSummary:
     with_retry_after: int  # failed answers that carried Retry-After
     request_timeout_s: float
     marks: list[tuple[str, float]] = field(default_factory=list)
+    # The most common failures, ((status or kind), body snippet, count), and
+    # the kinds of the last `recovery_n` requests: what an assertion message
+    # shows, so a failure in CI says which error it was.
+    common_failures: list[tuple[int | str, str, int]] = field(default_factory=list)
+    last_kinds: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
@@ -258,6 +263,7 @@ def summarize(
             first_success_after_fault_s = min(ends) - fault_start
 
     last = ordered[-recovery_n:]
+    bodies = Counter((o.status or o.kind, o.body_snippet[:160]) for o in ordered if not o.ok)
     return FaultSummary(
         sent=len(ordered),
         succeeded=sum(1 for o in ordered if o.ok),
@@ -275,6 +281,8 @@ def summarize(
         with_retry_after=sum(1 for o in ordered if not o.ok and o.retry_after is not None),
         request_timeout_s=request_timeout_s,
         marks=sorted(marks, key=lambda m: m[1]),
+        common_failures=[(status, snippet, count) for (status, snippet), count in bodies.most_common(3)],
+        last_kinds=[o.kind for o in last],
     )
 
 
@@ -302,17 +310,20 @@ def format_table(summaries: dict[str, FaultSummary]) -> str:
     return "\n".join(lines)
 
 
-def print_report(name: str, summary: FaultSummary, outcomes: Sequence[Outcome] = ()) -> None:
-    """One run's row, its unclear failures and (given the outcomes) the most
-    common failure bodies, for `pytest -s` output."""
+def _common_failures(summary: FaultSummary) -> list[str]:
+    return [f"  {count} x {status} {snippet!r}" for status, snippet, count in summary.common_failures]
+
+
+def print_report(name: str, summary: FaultSummary) -> None:
+    """One run's row, its unclear failures and the most common failure
+    bodies, for `pytest -s` output."""
     print("\n" + format_table({name: summary}))
     if summary.unclear_count:
         print(f"unclear failures: {summary.unclear_count}, e.g.")
         for failure in summary.unclear_failures:
             print(f"  {failure.status} {failure.snippet!r}")
-    bodies = Counter((o.status or o.kind, o.body_snippet[:160]) for o in outcomes if not o.ok)
-    for (status, snippet), count in bodies.most_common(3):
-        print(f"  {count} x {status} {snippet!r}")
+    for line in _common_failures(summary):
+        print(line)
 
 
 def assert_fault_contract(
@@ -338,11 +349,12 @@ def assert_fault_contract(
     if summary.longest_error_window_s > max_error_window_s:
         problems.append(f"clients saw errors for {summary.longest_error_window_s:.2f} s (bound {max_error_window_s} s)")
     if not summary.recovered:
-        problems.append(f"did not recover: the last {RECOVERY_N} requests did not all succeed")
+        problems.append(f"did not recover: the last {RECOVERY_N} requests did not all succeed ({', '.join(summary.last_kinds)})")
     if not allow_failures and summary.failed:
         problems.append(f"{summary.failed} request(s) failed where none may: {_failed_by_status(summary)}")
     if problems:
-        raise AssertionError("fault contract broken:\n- " + "\n- ".join(problems) + "\n" + format_table({"run": summary}))
+        raise AssertionError("fault contract broken:\n- " + "\n- ".join(problems) + "\n" + format_table({"run": summary})
+                             + "\nmost common failures:\n" + "\n".join(_common_failures(summary)))
 
 
 def first_error(error: BaseException) -> BaseException:
@@ -591,6 +603,18 @@ class LoadRun:
         return self.wait_for(
             lambda outs: sum(o.ok for o in self._since_mark(outs, after_mark)) >= n, timeout_s, f"{n} successes"
         )
+
+    def wait_recovered(self, n: int, timeout_s: float = 10.0) -> list[Outcome]:
+        """n successes since the last mark, and the last RECOVERY_N answered
+        requests all succeeded: healthy again, not only answering some of the
+        time (one of two replicas still failing answers every other request)."""
+
+        def recovered(outcomes: list[Outcome]) -> bool:
+            since = self._since_mark(outcomes, after_mark=True)
+            last = sorted(since, key=lambda o: (o.started, o.ended))[-RECOVERY_N:]
+            return sum(o.ok for o in since) >= n and len(last) == RECOVERY_N and all(o.ok for o in last)
+
+        return self.wait_for(recovered, timeout_s, f"{n} successes ending in {RECOVERY_N} in a row")
 
     def wait_failures(self, n: int, timeout_s: float = 10.0, after_mark: bool = False) -> list[Outcome]:
         """n failures (started after the last mark, with after_mark): the fault took effect."""

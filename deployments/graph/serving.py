@@ -65,7 +65,12 @@ class GraphNode:
         return await probe() if probe else (True, "no backend")
 
 
-HOP_ATTEMPTS = 2  # a call to a node placed apart, and one retry when the hop itself failed
+# A call to a node placed apart, and up to two more when the hop itself failed:
+# in a rolling update the ingress's router may still list both stopped
+# replicas of a node (its update comes late on a busy machine); each failed
+# call drops one, so the third waits for a new replica. The node's
+# `timeout_s` bounds them all.
+HOP_ATTEMPTS = 3
 
 
 class RemoteNode:
@@ -81,10 +86,10 @@ class RemoteNode:
     async def run(self, inputs: dict[str, Any]) -> Any:
         """The node's answer, its own errors unchanged (a GraphError keeps its
         status across the hop). When the hop fails (the replica died mid-call,
-        or was stopping in a rolling update) the call goes once more, to
-        another replica: a node is a read (features, a model, a completion),
-        safe to repeat. A second hop failure is a 503 with Retry-After naming
-        the node."""
+        or was stopping in a rolling update) the call goes again, to another
+        replica: a node is a read (features, a model, a completion), safe to
+        repeat. After HOP_ATTEMPTS failed hops it is a 503 with Retry-After
+        naming the node."""
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
         from ray.serve.exceptions import DeploymentUnavailableError
 

@@ -96,10 +96,10 @@ def test_a_killed_replica_is_replaced_and_the_graph_keeps_answering(faults, depl
         killed = kill_one_replica(APP, deployment)
         replaced_s = wait_replaced(APP, deployment, killed, count=2)
         run.mark("recovered")
-        run.wait_successes(40, timeout_s=30, after_mark=True)
+        run.wait_recovered(40, timeout_s=30)
         summary = run.stop()
     SUMMARIES[f"replica of {deployment} killed (1 of 2)"] = summary
-    print_report(f"replica of {deployment} killed", summary, run.outcomes)
+    print_report(f"replica of {deployment} killed", summary)
     print(f"replaced after {replaced_s:.1f} s")
     if deployment != "GraphIngress":
         assert_fault_contract(summary, max_error_window_s=5.0)
@@ -107,10 +107,14 @@ def test_a_killed_replica_is_replaced_and_the_graph_keeps_answering(faults, depl
     # The requests HAProxy had open to the killed ingress process drop: as a
     # closed connection, or, when no response had started, as HAProxy's 502,
     # which Ray's HAProxy config answers with its plain "Internal Server Error"
-    # page (seen on a slow machine). At most the clients' requests in flight.
+    # page. Besides the request in flight at the kill, a client may lose the
+    # next one: until the dying process's sockets close (the kernel frees its
+    # memory first) its listening socket still completes handshakes, so
+    # HAProxy sends the request (no connect failure to retry on) and gets a
+    # reset. Both seen in CI on a slow machine; at most two per client.
     assert_fault_contract(summary, max_error_window_s=5.0,
                           foreign=lambda f: f.status == 500 and f.snippet.strip() == "Internal Server Error")
-    assert summary.failed <= 4  # the 4 clients' requests in flight at the kill
+    assert summary.failed <= 2 * 4, summary.common_failures  # 4 clients
 
 
 def test_triton_stopped_and_restarted(faults, triton):
@@ -121,10 +125,10 @@ def test_triton_stopped_and_restarted(faults, triton):
         run.wait_failures(10, timeout_s=30, after_mark=True)
         triton.start()
         run.mark("recovered")
-        run.wait_successes(40, timeout_s=60, after_mark=True)
+        run.wait_recovered(40, timeout_s=60)
         summary = run.stop()
     SUMMARIES["Triton stopped, restarted"] = summary
-    print_report("Triton stopped, restarted", summary, run.outcomes)
+    print_report("Triton stopped, restarted", summary)
     assert {o.error_code for o in run.outcomes if not o.ok} <= {"backend_unavailable", "backend_timeout"}
     assert all(o.retry_after for o in run.outcomes if o.status == 503)
     outage_s = run.marks[1][1] - run.marks[0][1]
@@ -152,10 +156,10 @@ def test_an_in_place_update_under_load_fails_nothing(faults):
             raise AssertionError(f"the update did not replace every replica: before {before}, now {now}")
         wait_app(APP, {"RUNNING"}, timeout_s=60)
         run.mark("recovered")
-        run.wait_successes(40, timeout_s=30, after_mark=True)
+        run.wait_recovered(40, timeout_s=30)
         summary = run.stop()
     SUMMARIES["in-place config update"] = summary
-    print_report("in-place config update", summary, run.outcomes)
+    print_report("in-place config update", summary)
     assert_fault_contract(summary, max_error_window_s=0.0, allow_failures=False)
     assert httpx.get(f"{faults['url']}/readyz", timeout=10).status_code == 200
 
@@ -180,7 +184,7 @@ def test_the_vllm_engine_killed_is_restarted_and_chat_answers_again(chat_url, se
         run.wait_successes(10, timeout_s=60, after_mark=True)
         summary = run.stop()
     SUMMARIES[f"vLLM engine killed ({what})"] = summary
-    print_report(f"vLLM engine killed ({what})", summary, run.outcomes)
+    print_report(f"vLLM engine killed ({what})", summary)
     print(f"the stream in flight ended {stream_ended_after_s:.1f} s after the kill: {events[-2:]}")
     # The requests the engine held get vLLM's 500 at once; the dead engine's
     # replica answers 503 until Serve stops it. Requests sent after that, while
@@ -264,12 +268,12 @@ def test_the_feast_online_store_unavailable_then_back(serve_config, recommend_ur
                 redis.start()
                 feast_setup.prepare_cluster_store(stack, redis.connection_string, registry)
                 run.mark("recovered")
-                run.wait_successes(40, timeout_s=60, after_mark=True)
+                run.wait_recovered(40, timeout_s=60)
                 summary = run.stop()
         finally:
             restore(serve_config)
     SUMMARIES["Feast online store (Redis) down, back"] = summary
-    print_report("Feast online store (Redis) down, back", summary, run.outcomes)
+    print_report("Feast online store (Redis) down, back", summary)
     assert {o.error_code for o in run.outcomes if not o.ok} <= {"backend_unavailable", "backend_timeout", "not_found"}
     assert any(o.error_code == "backend_unavailable" for o in run.outcomes)
     outage_s = run.marks[1][1] - run.marks[0][1]

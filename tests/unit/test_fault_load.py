@@ -223,10 +223,14 @@ class Toggle:
         self.mode = "healthy"
         self.slow_s = slow_s
         self.served_503: list[float] = []  # monotonic times: the span the server actually failed
+        self.answered = 0
 
     async def work(self, request: Request):
         await request.body()
         mode = self.mode
+        if mode == "every_other":  # one of two replicas still failing
+            self.answered += 1
+            mode = "failing" if self.answered % 2 else "healthy"
         if mode == "failing":
             self.served_503.append(time.monotonic())
             return JSONResponse(JSON_503, status_code=503, headers={"Retry-After": "1"})
@@ -314,6 +318,23 @@ def test_live_503_fault_is_measured(no_leftovers):
     assert run.client is not None and run.client.is_closed
     assert_fault_contract(summary, max_error_window_s=1.0)
     with pytest.raises(AssertionError, match="failed where none may"):
+        assert_fault_contract(summary, max_error_window_s=1.0, allow_failures=False)
+
+
+def test_recovered_means_the_last_requests_all_succeed_not_only_some(no_leftovers):
+    with ToggleServer() as server, LoadRun(server.url, {"user_id": 3}, clients=2, request_timeout_s=2.0, max_seconds=10) as run:
+        run.wait_successes(10)
+        server.toggle.mode = "every_other"
+        run.mark("recovered")
+        run.wait_successes(10, after_mark=True)  # answering, half of the time
+        with pytest.raises(TimeoutError, match="10 successes ending in 5 in a row"):
+            run.wait_recovered(10, timeout_s=0.5)
+        server.toggle.mode = "healthy"
+        run.wait_recovered(10, timeout_s=5)
+        summary = run.stop()
+    assert summary.recovered and summary.failed >= 5
+    assert summary.common_failures[0][0] == 503 and summary.common_failures[0][2] == summary.failed
+    with pytest.raises(AssertionError, match=r"(?s)failed where none may.*most common failures:\n  \d+ x 503 .*overloaded"):
         assert_fault_contract(summary, max_error_window_s=1.0, allow_failures=False)
 
 
