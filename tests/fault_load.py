@@ -614,7 +614,15 @@ class LoadRun:
             last = sorted(since, key=lambda o: (o.started, o.ended))[-RECOVERY_N:]
             return sum(o.ok for o in since) >= n and len(last) == RECOVERY_N and all(o.ok for o in last)
 
-        return self.wait_for(recovered, timeout_s, f"{n} successes ending in {RECOVERY_N} in a row")
+        try:
+            return self.wait_for(recovered, timeout_s, f"{n} successes ending in {RECOVERY_N} in a row")
+        except TimeoutError as error:
+            with self._changed:
+                since = self._since_mark(list(self._outcomes), after_mark=True)
+            bodies = Counter((o.status or o.kind, o.body_snippet[:160]) for o in since if not o.ok)
+            error.add_note("failures since the mark: " + ("; ".join(
+                f"{count} x {status} {snippet!r}" for (status, snippet), count in bodies.most_common(3)) or "none"))
+            raise
 
     def wait_failures(self, n: int, timeout_s: float = 10.0, after_mark: bool = False) -> list[Outcome]:
         """n failures (started after the last mark, with after_mark): the fault took effect."""

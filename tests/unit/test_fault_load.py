@@ -327,8 +327,9 @@ def test_recovered_means_the_last_requests_all_succeed_not_only_some(no_leftover
         server.toggle.mode = "every_other"
         run.mark("recovered")
         run.wait_successes(10, after_mark=True)  # answering, half of the time
-        with pytest.raises(TimeoutError, match="10 successes ending in 5 in a row"):
+        with pytest.raises(TimeoutError, match="10 successes ending in 5 in a row") as late:
             run.wait_recovered(10, timeout_s=0.5)
+        assert "x 503" in late.value.__notes__[0] and "overloaded" in late.value.__notes__[0]
         server.toggle.mode = "healthy"
         run.wait_recovered(10, timeout_s=5)
         summary = run.stop()
