@@ -205,6 +205,21 @@ def p99(latencies_ms: Sequence[float]) -> float | None:
     return float(np.percentile(latencies_ms, 99)) if latencies_ms else None
 
 
+def common_failures(outcomes: Sequence[Outcome], n: int = 3) -> list[tuple[int | str, str, int]]:
+    """The n most common failures: (status, or kind without one; body snippet; count)."""
+    bodies = Counter((o.status or o.kind, o.body_snippet[:160]) for o in outcomes if not o.ok)
+    return [(status, snippet, count) for (status, snippet), count in bodies.most_common(n)]
+
+
+def format_failures(failures: Sequence[tuple[int | str, str, int]]) -> list[str]:
+    return [f"  {count} x {status} {snippet!r}" for status, snippet, count in failures]
+
+
+def last_requests(outcomes: Sequence[Outcome], n: int = RECOVERY_N) -> list[Outcome]:
+    """The last n requests by start time."""
+    return sorted(outcomes, key=lambda o: (o.started, o.ended))[-n:]
+
+
 def summarize(
     outcomes: Sequence[Outcome],
     marks: Sequence[tuple[str, float]],
@@ -262,8 +277,7 @@ def summarize(
         if ends:
             first_success_after_fault_s = min(ends) - fault_start
 
-    last = ordered[-recovery_n:]
-    bodies = Counter((o.status or o.kind, o.body_snippet[:160]) for o in ordered if not o.ok)
+    last = last_requests(ordered, recovery_n)
     return FaultSummary(
         sent=len(ordered),
         succeeded=sum(1 for o in ordered if o.ok),
@@ -281,7 +295,7 @@ def summarize(
         with_retry_after=sum(1 for o in ordered if not o.ok and o.retry_after is not None),
         request_timeout_s=request_timeout_s,
         marks=sorted(marks, key=lambda m: m[1]),
-        common_failures=[(status, snippet, count) for (status, snippet), count in bodies.most_common(3)],
+        common_failures=common_failures(ordered),
         last_kinds=[o.kind for o in last],
     )
 
@@ -310,10 +324,6 @@ def format_table(summaries: dict[str, FaultSummary]) -> str:
     return "\n".join(lines)
 
 
-def _common_failures(summary: FaultSummary) -> list[str]:
-    return [f"  {count} x {status} {snippet!r}" for status, snippet, count in summary.common_failures]
-
-
 def print_report(name: str, summary: FaultSummary) -> None:
     """One run's row, its unclear failures and the most common failure
     bodies, for `pytest -s` output."""
@@ -322,7 +332,7 @@ def print_report(name: str, summary: FaultSummary) -> None:
         print(f"unclear failures: {summary.unclear_count}, e.g.")
         for failure in summary.unclear_failures:
             print(f"  {failure.status} {failure.snippet!r}")
-    for line in _common_failures(summary):
+    for line in format_failures(summary.common_failures):
         print(line)
 
 
@@ -354,7 +364,7 @@ def assert_fault_contract(
         problems.append(f"{summary.failed} request(s) failed where none may: {_failed_by_status(summary)}")
     if problems:
         raise AssertionError("fault contract broken:\n- " + "\n- ".join(problems) + "\n" + format_table({"run": summary})
-                             + "\nmost common failures:\n" + "\n".join(_common_failures(summary)))
+                             + "\nmost common failures:\n" + "\n".join(format_failures(summary.common_failures)))
 
 
 def first_error(error: BaseException) -> BaseException:
@@ -611,7 +621,7 @@ class LoadRun:
 
         def recovered(outcomes: list[Outcome]) -> bool:
             since = self._since_mark(outcomes, after_mark=True)
-            last = sorted(since, key=lambda o: (o.started, o.ended))[-RECOVERY_N:]
+            last = last_requests(since)
             return sum(o.ok for o in since) >= n and len(last) == RECOVERY_N and all(o.ok for o in last)
 
         try:
@@ -619,9 +629,7 @@ class LoadRun:
         except TimeoutError as error:
             with self._changed:
                 since = self._since_mark(list(self._outcomes), after_mark=True)
-            bodies = Counter((o.status or o.kind, o.body_snippet[:160]) for o in since if not o.ok)
-            error.add_note("failures since the mark: " + ("; ".join(
-                f"{count} x {status} {snippet!r}" for (status, snippet), count in bodies.most_common(3)) or "none"))
+            error.add_note("failures since the mark:\n" + ("\n".join(format_failures(common_failures(since))) or "  none"))
             raise
 
     def wait_failures(self, n: int, timeout_s: float = 10.0, after_mark: bool = False) -> list[Outcome]:
