@@ -2,12 +2,15 @@
 `serve run`) against vLLM's own OpenAI server started directly, same tiny
 model from the registry, same engine settings, measured in the same run.
 
-    .venv/bin/python bench/llm_bench.py [--seconds 20]
+    .venv/bin/python bench/llm_bench.py [--seconds 20] [--rounds 2]
 
 Streams completions (64 tokens, greedy, ignore_eos) with closed-loop clients
 at concurrency 1, 8 and 16; prints output tokens/s and time-to-first-token
 p50/p99, and the platform/direct ratios. The clients (aiohttp, parsing only
 the chunks they need) share the servers' cores: each level prints their CPU.
+With `--rounds N` the two servers are measured N times, alternating, each
+round's ratios printed side by side: this machine's speed drifts within
+minutes, and a ratio only holds for servers measured back to back.
 
 Both servers run the engine code of this environment, this package's vLLM
 plugins included (deployments/vllm_plugins.py). `SERVE_GRAPHS_VLLM_SPIN=1`
@@ -130,20 +133,8 @@ def measure(name: str, url: str, levels: list[int], seconds: float) -> list[Resu
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 16])
-    args = parser.parse_args()
-    paths = ensure()
-    logs = paths.logs / "bench"
-    logs.mkdir(parents=True, exist_ok=True)
-    config = local_config(free_port(), "127.0.0.1:1", llm=MODEL, only={"chat"})
-    engine = LLMModelConfig.model_validate(config["applications"][0]["args"]["model"]).engine
-    folder = resolve(LLMModelConfig(name=MODEL)).path
-    table: dict[str, list[Result]] = {}
-
-    print("==> vLLM's OpenAI server, started directly", flush=True)
+def measure_direct(engine, folder: str, logs: Path, levels: list[int], seconds: float) -> list[Result]:
+    """vLLM's own OpenAI server, started for this measurement and stopped after it."""
     port = free_port()
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=f"{engine.kv_cache_space_gib:g}", HF_HUB_OFFLINE="1")
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder, "--served-model-name", MODEL,
@@ -153,11 +144,13 @@ def main() -> None:
     direct = subprocess.Popen(command, env=env, stdout=open(logs / "vllm-direct.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_ok(f"http://127.0.0.1:{port}/v1/models", direct)
-        table["vllm-direct"] = measure("vllm-direct", f"http://127.0.0.1:{port}/v1/completions", args.levels, args.seconds)
+        return measure("vllm-direct", f"http://127.0.0.1:{port}/v1/completions", levels, seconds)
     finally:
         stop_group(direct, signal.SIGTERM)
 
-    print("==> platform: serve run (chat app, ray.serve.llm)", flush=True)
+
+def measure_platform(config: dict, logs: Path, levels: list[int], seconds: float) -> list[Result]:
+    """The chat app on a fresh local cluster (`serve run`, shipped Ray settings), stopped after."""
     with tempfile.TemporaryDirectory() as tmp:
         config_file = Path(tmp) / "chat.yaml"
         config_file.write_text(yaml.safe_dump(config))
@@ -169,22 +162,65 @@ def main() -> None:
         base = f"http://127.0.0.1:{config['http_options']['port']}/v1"
         try:
             wait_ok(f"{base}/models", platform)
-            table["platform"] = measure("platform", f"{base}/completions", args.levels, args.seconds)
+            return measure("platform", f"{base}/completions", levels, seconds)
         finally:
             stop_group(platform, signal.SIGINT, timeout_s=40)
             stop_haproxy(env)
 
-    direct_by_c = {r.concurrency: r for r in table["vllm-direct"]}
-    waiting = "vLLM's own (SERVE_GRAPHS_VLLM_SPIN=1)" if os.environ.get("SERVE_GRAPHS_VLLM_SPIN") == "1" else "this package's plugin"
-    print(f"\nstreamed completions, {MAX_TOKENS} tokens, greedy, {MODEL} ({engine.dtype}, max_num_seqs {engine.max_num_seqs}); "
-          f"{os.cpu_count()} cores, {args.seconds:g} s per level; engine-core waiting: {waiting}")
+
+def print_round(rows: dict[str, list[Result]]) -> None:
+    direct_by_c = {r.concurrency: r for r in rows["vllm-direct"]}
     print("| server | concurrency | output tok/s | TTFT p50 ms | TTFT p99 ms | tok/s vs direct | TTFT p50 overhead |")
     print("|---|---|---|---|---|---|---|")
-    for name, results in table.items():
+    for name, results in rows.items():
         for r in results:
             d = direct_by_c[r.concurrency]
             print(f"| {name} | {r.concurrency} | {r.tokens_per_s:.0f} | {r.ttft_p50_ms:.1f} | {r.ttft_p99_ms:.1f} | "
                   f"{r.tokens_per_s / d.tokens_per_s:.2f}x | {r.ttft_p50_ms - d.ttft_p50_ms:+.1f} ms |")
+
+
+def print_summary(rounds: list[dict[str, list[Result]]]) -> None:
+    """Each round's ratios side by side: a round measures both servers back to
+    back, so a ratio is only as good as the host's speed was steady in it."""
+    print("\n| concurrency | " + " | ".join(f"round {i + 1} tok/s vs direct, TTFT p50 overhead" for i in range(len(rounds))) + " |")
+    print("|---|" + "---|" * len(rounds))
+    for i, d in enumerate(rounds[0]["vllm-direct"]):
+        cells = []
+        for rows in rounds:
+            direct, platform = rows["vllm-direct"][i], rows["platform"][i]
+            cells.append(f"{platform.tokens_per_s / direct.tokens_per_s:.2f}x, {platform.ttft_p50_ms - direct.ttft_p50_ms:+.1f} ms")
+        print(f"| {d.concurrency} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 16])
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure vLLM direct then the platform this many times, alternating (cancels a host whose speed drifts)")
+    args = parser.parse_args()
+    paths = ensure()
+    logs = paths.logs / "bench"
+    logs.mkdir(parents=True, exist_ok=True)
+    config = local_config(free_port(), "127.0.0.1:1", llm=MODEL, only={"chat"})
+    engine = LLMModelConfig.model_validate(config["applications"][0]["args"]["model"]).engine
+    folder = resolve(LLMModelConfig(name=MODEL)).path
+
+    rounds: list[dict[str, list[Result]]] = []
+    for i in range(args.rounds):
+        print(f"==> round {i + 1}: vLLM's OpenAI server, started directly", flush=True)
+        direct = measure_direct(engine, folder, logs, args.levels, args.seconds)
+        print(f"==> round {i + 1}: platform: serve run (chat app, ray.serve.llm)", flush=True)
+        rounds.append({"vllm-direct": direct, "platform": measure_platform(config, logs, args.levels, args.seconds)})
+
+    waiting = "vLLM's own (SERVE_GRAPHS_VLLM_SPIN=1)" if os.environ.get("SERVE_GRAPHS_VLLM_SPIN") == "1" else "this package's plugin"
+    print(f"\nstreamed completions, {MAX_TOKENS} tokens, greedy, {MODEL} ({engine.dtype}, max_num_seqs {engine.max_num_seqs}); "
+          f"{os.cpu_count()} cores, {args.seconds:g} s per level; engine-core waiting: {waiting}")
+    for i, rows in enumerate(rounds):
+        print(f"\nround {i + 1}")
+        print_round(rows)
+    if len(rounds) > 1:
+        print_summary(rounds)
 
 
 if __name__ == "__main__":
