@@ -37,7 +37,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deployments.llm_engine import LLMModelConfig, resolve  # noqa: E402
+from deployments.llm_engine import EngineArgs, LLMModelConfig, resolve  # noqa: E402
 from local_stack.bootstrap import ensure  # noqa: E402
 from local_stack.paths import PROJECT_ROOT  # noqa: E402
 from local_stack.processes import default_sigint, stop_group  # noqa: E402
@@ -133,7 +133,7 @@ def measure(name: str, url: str, levels: list[int], seconds: float) -> list[Resu
     return results
 
 
-def measure_direct(engine, folder: str, logs: Path, levels: list[int], seconds: float) -> list[Result]:
+def measure_direct(engine: EngineArgs, folder: str, logs: Path, levels: list[int], seconds: float) -> list[Result]:
     """vLLM's own OpenAI server, started for this measurement and stopped after it."""
     port = free_port()
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=f"{engine.kv_cache_space_gib:g}", HF_HUB_OFFLINE="1")
