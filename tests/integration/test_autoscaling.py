@@ -27,6 +27,7 @@ class Load:
     def __init__(self, url: str, concurrency: int):
         self.url, self.concurrency = url, concurrency
         self.statuses: list[int] = []
+        self.failures: list[str] = []  # "<status> <body start>" of each non-200, in order
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
@@ -36,9 +37,14 @@ class Load:
             async def worker() -> None:
                 while not self._stop.is_set():
                     try:
-                        self.statuses.append((await client.post(self.url, json=REQUEST)).status_code)
-                    except httpx.HTTPError:
+                        response = await client.post(self.url, json=REQUEST)
+                    except httpx.HTTPError as error:
                         self.statuses.append(0)
+                        self.failures.append(f"0 {type(error).__name__}: {error}")
+                        continue
+                    self.statuses.append(response.status_code)
+                    if response.status_code != 200:
+                        self.failures.append(f"{response.status_code} {response.text[:300]}")
 
             await asyncio.gather(*(worker() for _ in range(self.concurrency)))
 
@@ -90,7 +96,7 @@ def test_a_graph_deployment_scales_out_under_load_and_back_when_it_stops(policy,
             time.sleep(2)  # both replicas serve under load
         down_s = wait_replicas(1, timeout_s=120)
         print(f"\n{len(load.statuses)} requests; 2 replicas after {up_s:.1f} s of load, 1 again {down_s:.1f} s after it stopped")
-        assert load.statuses and set(load.statuses) == {200}
+        assert load.statuses and set(load.statuses) == {200}, load.failures[:5]
     finally:
         restore(serve_config)
 
@@ -119,7 +125,7 @@ def test_a_graphs_triton_node_scales_on_its_queue(serve_config, deployed, triton
             time.sleep(2)
         down_s = wait_replicas(1, timeout_s=120, key=key)
         print(f"\n{len(load.statuses)} requests; Triton node: 2 replicas after {up_s:.1f} s of load, 1 again {down_s:.1f} s after it stopped")
-        assert load.statuses and set(load.statuses) == {200}
+        assert load.statuses and set(load.statuses) == {200}, load.failures[:5]
         assert len(replicas()["queue#GraphIngress"]) == 1
     finally:
         restore(serve_config)
