@@ -15,7 +15,7 @@ demo: venv triton-env stack
 	$(PY) -m local_stack.demo configs/local.yaml
 
 test: venv triton-env stack
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 stack: venv triton-env
 	$(PY) -m local_stack.bootstrap

@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.errors import BackendTimeout, BackendUnavailable
+from deployments.local_supervision import supervisor_note
 from deployments.registry import ModelRef, resolve_alias
 
 logger = logging.getLogger(__name__)
@@ -146,7 +147,9 @@ class TritonModel:
         try:
             ok = await asyncio.wait_for(self.client.is_model_ready(self.config.model, ref.version), self.config.timeout_s)
         except Exception as error:
-            return False, f"{self.config.url}: {_short(error) or type(error).__name__}"
+            detail = f"{self.config.url}: {_short(error) or type(error).__name__}"
+            note = supervisor_note(self.config.url)
+            return False, f"{detail}; {note}" if note else detail
         detail = f"{ref.name} version {ref.version} (@{ref.alias})"
         if self.rollout_problem:
             detail += f"; rollout held: {self.rollout_problem}"

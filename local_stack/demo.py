@@ -25,6 +25,7 @@ from local_stack.paths import PROJECT_ROOT, StackPaths
 from local_stack.processes import default_sigint, stop_group
 from local_stack.ray_head import private_cluster_env, start_ray_head
 from local_stack.ray_env import local_ray_env, stop_haproxy
+from local_stack.supervisor import STATE_DIR_ENV, Supervisor
 from local_stack.triton_server import TritonServer
 
 EXAMPLE = {"user_id": 7, "item_ids": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], "k": 3}
@@ -71,8 +72,10 @@ def main() -> None:
 
     paths = StackPaths()
     paths.logs.mkdir(parents=True, exist_ok=True)
-    triton = TritonServer(paths.triton_repo, paths.triton_backends, log_file=paths.logs / "triton.log")
-    print(f"==> starting Triton (log {triton.log_file})", flush=True)
+    # Supervised: a crashed Triton is restarted with backoff, and /readyz says why meanwhile.
+    triton = Supervisor(TritonServer(paths.triton_repo, paths.triton_backends, log_file=paths.logs / "triton.log"),
+                        state_dir=paths.supervised)
+    print(f"==> starting Triton (log {triton.log_file}; restarted if it crashes)", flush=True)
     triton.start()
     print(f"    ready: gRPC {triton.grpc_url}, HTTP {triton.http_url}, metrics {triton.metrics_url}", flush=True)
 
@@ -80,6 +83,7 @@ def main() -> None:
     # and the user's other clusters keep their /tmp/ray.
     temp_dir = tempfile.mkdtemp(prefix="sg-ray-", dir="/tmp")
     env = private_cluster_env(local_ray_env(), temp_dir)
+    env[STATE_DIR_ENV] = str(paths.supervised)
     print("==> starting a one-node Ray cluster", flush=True)
     head = start_ray_head(env, temp_dir, metrics_port=args.metrics_port, dashboard_port=args.dashboard_port)
     ray_head, address = head.process, head.address
@@ -122,7 +126,7 @@ def main() -> None:
         stop_group(ray_head)
         stop_haproxy(env)
         shutil.rmtree(temp_dir, ignore_errors=True)
-        triton.stop()
+        triton.close()
 
 
 if __name__ == "__main__":

@@ -44,3 +44,8 @@ class StackPaths:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def supervised(self) -> Path:
+        """State files of the supervised local servers (local_stack/supervisor.py)."""
+        return self.root / "run"

@@ -26,17 +26,22 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def serve_until_stopped(server, ready: str) -> None:
-    """A server's `python -m` entry point: start it, print `ready` (a format
-    string over the server's attributes), run until Ctrl-C or SIGTERM, stop it."""
+def serve_until_stopped(server, ready: str, state_dir=None) -> None:
+    """A server's `python -m` entry point: start it under a Supervisor (a
+    crash restarts it), print `ready` (a format string over the server's
+    attributes), run until Ctrl-C or SIGTERM, stop it."""
     import sys
+    import threading
+
+    from local_stack.supervisor import Supervisor
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    supervised = Supervisor(server, state_dir=state_dir)
     try:
-        server.start()
+        supervised.start()
         print(ready.format(server=server), flush=True)
-        server.process.wait()
+        threading.Event().wait()
     except KeyboardInterrupt:
         pass
     finally:
-        server.stop()
+        supervised.close()

@@ -32,6 +32,7 @@ def redis_server_binary() -> str:
 class RedisServer:
     """One redis-server process in its own process group."""
 
+    name = "redis"
     port: int = field(default_factory=free_port)
     password: str | None = None
     log_file: Path | None = None
@@ -48,6 +49,10 @@ class RedisServer:
             parts.append(f"password={self.password}")
         parts.append("ssl=false")
         return ",".join(parts)
+
+    @property
+    def addresses(self) -> list[str]:
+        return [f"127.0.0.1:{self.port}"]
 
     def command(self) -> list[str]:
         command = [
@@ -102,6 +107,9 @@ class RedisServer:
         except OSError:
             return False
         return answer == expected
+
+    def is_ready(self) -> bool:
+        return self.ping()
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -70,6 +70,7 @@ def server_env() -> dict[str, str]:
 class TritonServer:
     """One tritonserver process in its own process group."""
 
+    name = "triton"
     repo: Path
     backends: Path
     http_port: int = 8100
@@ -85,6 +86,11 @@ class TritonServer:
     @property
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def addresses(self) -> list[str]:
+        """Where clients reach it (what a graph node's `url` says)."""
+        return [self.grpc_url, self.http_url]
 
     @property
     def metrics_url(self) -> str:
@@ -109,9 +115,13 @@ class TritonServer:
 
     def start(self, timeout_s: float = 60.0) -> "TritonServer":
         out = open(self.log_file, "ab") if self.log_file else None
-        self.process = subprocess.Popen(
-            self.command(), env=server_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        try:
+            self.process = subprocess.Popen(
+                self.command(), env=server_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        finally:
+            if out is not None:
+                out.close()  # the server has its own copy
         self.wait_ready(timeout_s)
         return self
 
@@ -157,7 +167,8 @@ def main() -> None:
     parser.add_argument("--metrics-port", type=int, default=8102)
     args = parser.parse_args()
     server = TritonServer(args.repo, paths.triton_backends, args.http_port, args.grpc_port, args.metrics_port)
-    serve_until_stopped(server, "Triton ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics {server.metrics_url}")
+    serve_until_stopped(server, "Triton ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics {server.metrics_url}",
+                        state_dir=paths.supervised)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,13 @@ import tempfile
 import pytest
 
 from local_stack.ray_env import local_ray_env, stop_haproxy
+from local_stack.supervisor import STATE_DIR_ENV, Supervisor
 
 # A private test cluster: no token shared with the user's other clusters.
 os.environ.update(local_ray_env())
 os.environ["RAY_AUTH_MODE"] = "disabled"
+# The supervised servers' state files, read by the replicas' /readyz.
+os.environ[STATE_DIR_ENV] = tempfile.mkdtemp(prefix="sg-supervised-")
 
 from tests.servers import deploy, free_port, local_config, wait_app, wait_http  # noqa: E402
 
@@ -21,6 +24,16 @@ from tests.servers import deploy, free_port, local_config, wait_app, wait_http  
 def pytest_unconfigure(config):
     """HAProxy's private folder (made by local_ray_env) goes even when no cluster started."""
     stop_haproxy(os.environ)
+    shutil.rmtree(os.environ[STATE_DIR_ENV], ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/integration/ carries the `integration` marker
+    (`-m "not integration"` runs what needs no servers)."""
+    unmarked = sorted({item.module.__name__ for item in items
+                       if "/integration/" in str(item.path) and item.get_closest_marker("integration") is None})
+    if unmarked:
+        raise pytest.UsageError(f"integration modules without `pytestmark = pytest.mark.integration`: {unmarked}")
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +45,9 @@ def stack():
 
 @pytest.fixture(scope="session")
 def triton(stack):
+    """The session's Triton, supervised as `make demo` runs it: a crash is
+    restarted with backoff. `triton.stop()` / `triton.start()` take it away
+    on purpose and bring it back."""
     from local_stack.triton_server import TritonServer
 
     stack.logs.mkdir(parents=True, exist_ok=True)
@@ -43,9 +59,10 @@ def triton(stack):
         metrics_port=free_port(),
         log_file=stack.logs / "triton-tests.log",
     )
-    server.start()
-    yield server
-    server.stop()
+    supervised = Supervisor(server, state_dir=os.environ[STATE_DIR_ENV])
+    supervised.start()
+    yield supervised
+    supervised.close()
 
 
 # Worker nodes the autoscaler removes once idle this long (10 s here; the
@@ -60,7 +77,6 @@ def ray_cluster():
     types are the RayService's worker groups (kuberay/local_cluster.py), none
     running until a deployment asks for what only they have (a GPU)."""
     import ray
-    from ray import serve
 
     from local_stack.ray_head import start_ray_head
 
@@ -76,7 +92,8 @@ def ray_cluster():
                "serve_logs_dir": os.path.join(temp_dir, "session_latest", "logs", "serve"),
                # observability.tracing:file_exporter's default folder (configs/local.yaml's tracing_config)
                "spans_dir": os.path.join(temp_dir, "session_latest", "logs", "serve", "spans")}
-        serve.shutdown()
+        # No serve.shutdown(): it drains every replica in turn; the head's
+        # process group goes as a whole below, as `make demo` stops it.
         ray.shutdown()
     finally:
         head.stop()

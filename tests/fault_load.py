@@ -624,8 +624,25 @@ class LoadRun:
             last = last_requests(since)
             return sum(o.ok for o in since) >= n and len(last) == RECOVERY_N and all(o.ok for o in last)
 
+        def stays_recovered(since: float) -> Callable[[list[Outcome]], bool]:
+            """RECOVERY_N requests started from `since` have answered, or one failed."""
+            def answered(outcomes: list[Outcome]) -> bool:
+                later = [o for o in outcomes if o.started >= since]
+                return len(later) >= RECOVERY_N or any(not o.ok for o in later)
+            return answered
+
+        deadline = time.monotonic() + timeout_s
         try:
-            return self.wait_for(recovered, timeout_s, f"{n} successes ending in {RECOVERY_N} in a row")
+            # Then the next RECOVERY_N requests started must succeed too: requests
+            # still in flight when the first condition held (one replica still
+            # reconnecting, say) would otherwise end, failed, among the run's last.
+            while True:
+                self.wait_for(recovered, max(0.0, deadline - time.monotonic()), f"{n} successes ending in {RECOVERY_N} in a row")
+                since = time.monotonic()
+                snapshot = self.wait_for(stays_recovered(since), max(0.0, deadline - time.monotonic()),
+                                         f"{RECOVERY_N} more successes in a row")
+                if all(o.ok for o in snapshot if o.started >= since):
+                    return snapshot
         except TimeoutError as error:
             with self._changed:
                 since = self._since_mark(list(self._outcomes), after_mark=True)

@@ -16,29 +16,44 @@ from local_stack.serve_configs import explanations_off
 from tests.integration.test_graph_serve import recommend_app
 from tests.servers import deploy, replicas, restore, wait_app
 
+pytestmark = pytest.mark.integration
+
 REQUEST = {"user_id": 9, "item_ids": list(range(1, 21)), "k": 5, "explain": False}
 KEY = "autoscale#GraphIngress"
+REQUEST_TIMEOUT_S = 30
 QUEUE_DEPTH = {"policy_function": "deployments.autoscaling:QueueDepthPolicy", "policy_kwargs": {"per_replica": 2}}
 
 
 class Load:
-    """Closed-loop clients posting to `url` in a background thread until stopped."""
+    """Closed-loop clients posting to `url` in a background thread until stopped.
+
+    Every request's outcome is kept: its status in `statuses` (0: no HTTP
+    answer) and, for each non-200, "<status> <body start>" or "0 <exception
+    type>: ..." in `failures`. Anything else that ends the load (a bug, an
+    unexpected exception) is re-raised, named, when the block exits."""
 
     def __init__(self, url: str, concurrency: int):
         self.url, self.concurrency = url, concurrency
         self.statuses: list[int] = []
         self.failures: list[str] = []  # "<status> <body start>" of each non-200, in order
+        self.crash: BaseException | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as error:  # noqa: BLE001 (re-raised by __exit__)
+            self.crash = error
 
     async def _run(self) -> None:
-        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=self.concurrency)) as client:
+        async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=httpx.Limits(max_connections=self.concurrency)) as client:
 
             async def worker() -> None:
                 while not self._stop.is_set():
                     try:
                         response = await client.post(self.url, json=REQUEST)
-                    except httpx.HTTPError as error:
+                    except httpx.HTTPError as error:  # a failed request: counted, and the load goes on
                         self.statuses.append(0)
                         self.failures.append(f"0 {type(error).__name__}: {error}")
                         continue
@@ -52,9 +67,23 @@ class Load:
         self._thread.start()
         return self
 
-    def __exit__(self, *_) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         self._stop.set()
-        self._thread.join(60)
+        self._thread.join(REQUEST_TIMEOUT_S + 30)  # the requests in flight end by their timeout
+        if self._thread.is_alive():
+            problem = f"the load on {self.url} did not stop"
+        elif self.crash is not None:
+            problem = f"the load on {self.url} died: {type(self.crash).__name__}: {self.crash}"
+        else:
+            return
+        if exc is not None:
+            exc.add_note(problem)  # likely why the block failed: keep both
+        else:
+            raise AssertionError(problem) from self.crash
+
+    def failed(self) -> str:
+        """For an assertion message: how many failed, and the first few."""
+        return f"{len(self.failures)} of {len(self.statuses)} requests failed: {self.failures[:5]}"
 
 
 def wait_replicas(count: int, timeout_s: float, key: str = KEY) -> float:
@@ -96,7 +125,7 @@ def test_a_graph_deployment_scales_out_under_load_and_back_when_it_stops(policy,
             time.sleep(2)  # both replicas serve under load
         down_s = wait_replicas(1, timeout_s=120)
         print(f"\n{len(load.statuses)} requests; 2 replicas after {up_s:.1f} s of load, 1 again {down_s:.1f} s after it stopped")
-        assert load.statuses and set(load.statuses) == {200}, load.failures[:5]
+        assert load.statuses and set(load.statuses) == {200}, load.failed()
     finally:
         restore(serve_config)
 
@@ -125,7 +154,7 @@ def test_a_graphs_triton_node_scales_on_its_queue(serve_config, deployed, triton
             time.sleep(2)
         down_s = wait_replicas(1, timeout_s=120, key=key)
         print(f"\n{len(load.statuses)} requests; Triton node: 2 replicas after {up_s:.1f} s of load, 1 again {down_s:.1f} s after it stopped")
-        assert load.statuses and set(load.statuses) == {200}, load.failures[:5]
+        assert load.statuses and set(load.statuses) == {200}, load.failed()
         assert len(replicas()["queue#GraphIngress"]) == 1
     finally:
         restore(serve_config)

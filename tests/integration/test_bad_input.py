@@ -2,6 +2,8 @@
 import httpx
 import pytest
 
+pytestmark = pytest.mark.integration
+
 
 def post(url, json=None, **kwargs):
     """Input validation only: no LLM explanation (it may still be starting)."""

@@ -1,13 +1,25 @@
 """Under concurrent load Triton batches requests; every node's latency and
-errors show up on Ray's Prometheus endpoint next to Serve's own metrics."""
+errors show up on Ray's Prometheus endpoint next to Serve's own metrics.
+
+The counters are the session's, cumulative: each test reads them before its
+own requests and asserts on the increase, so earlier tests' traffic can
+neither make it pass nor fail."""
 import asyncio
 import time
 
 import httpx
 
 from tests.servers import metric_sum, scrape
+import pytest
+
+pytestmark = pytest.mark.integration
 
 MODEL = {"model": "ranker", "version": "1"}
+BURST = 96
+# Triton counts a request as it finishes it, possibly a moment after the answer
+# has left: a scrape right after the burst may race the last few counts.
+TRITON_METRICS_DEADLINE_S = 10
+EXPORT_DEADLINE_S = 60
 
 
 async def burst(url: str, n: int) -> list[int]:
@@ -24,41 +36,64 @@ async def burst(url: str, n: int) -> list[int]:
 
 def test_triton_batches_concurrent_requests(recommend_url, triton):
     before = scrape(triton.metrics_url)
-    statuses = asyncio.run(burst(recommend_url, 96))
-    after = scrape(triton.metrics_url)
-    assert statuses == [200] * 96
+    statuses = asyncio.run(burst(recommend_url, BURST))
+    assert statuses == [200] * BURST
 
-    def delta(name):
+    def delta(after: str, name: str) -> float:
         return metric_sum(after, name, **MODEL) - metric_sum(before, name, **MODEL)
 
-    requests, executions, inferences = delta("nv_inference_request_success"), delta("nv_inference_exec_count"), delta("nv_inference_count")
-    assert requests >= 96
+    deadline = time.monotonic() + TRITON_METRICS_DEADLINE_S
+    after = scrape(triton.metrics_url)
+    while delta(after, "nv_inference_request_success") < BURST and time.monotonic() < deadline:
+        time.sleep(0.5)
+        after = scrape(triton.metrics_url)
+
+    requests, executions, inferences = (delta(after, name) for name in ("nv_inference_request_success", "nv_inference_exec_count", "nv_inference_count"))
+    assert requests >= BURST, f"Triton counted {requests:.0f} of this test's {BURST} requests"
     assert executions < requests, f"{requests} requests ran in {executions} executions: no dynamic batching"
     assert executions < inferences
     print(f"\n{requests:.0f} requests, {inferences:.0f} rows, {executions:.0f} model executions")
 
 
+# What one request adds to Ray's endpoint, by series: (family, labels).
+SERIES = {
+    "features latency": ("ray_graph_node_latency_ms_count", {"node": "features"}),
+    "ranker latency": ("ray_graph_node_latency_ms_count", {"node": "ranker"}),
+    "ranking latency": ("ray_graph_node_latency_ms_count", {"node": "ranking"}),
+    "ranker's +Inf bucket": ("ray_graph_node_latency_ms_bucket", {"node": "ranker", "le": "+Inf"}),
+    "features' not_found errors": ("ray_graph_node_errors_total", {"node": "features", "error": "not_found"}),
+}
+
+
+def readings(text: str) -> dict[str, float]:
+    return {name: metric_sum(text, family, graph="recommend", **labels) for name, (family, labels) in SERIES.items()}
+
+
 def test_node_metrics_on_rays_prometheus_endpoint(recommend_url, ray_cluster):
-    httpx.post(recommend_url, json={"user_id": 3, "item_ids": [1, 2, 3], "explain": False}, timeout=10).raise_for_status()
-    assert httpx.post(recommend_url, json={"user_id": 3, "item_ids": [123_456]}, timeout=10).status_code == 404
+    url = ray_cluster["metrics_url"]
+    before = readings(scrape(url))
+    answered, not_found = 3, 2  # distinct counts: a series counting the wrong requests shows
+    for user in range(3, 3 + answered):
+        httpx.post(recommend_url, json={"user_id": user, "item_ids": [1, 2, 3], "explain": False}, timeout=10).raise_for_status()
+    for _ in range(not_found):
+        assert httpx.post(recommend_url, json={"user_id": 3, "item_ids": [123_456]}, timeout=10).status_code == 404
+    # Every request looks its features up (the unknown item fails there, as not_found);
+    # only the answered ones reach the ranker and the ranking.
+    expected = {"features latency": answered + not_found, "ranker latency": answered, "ranking latency": answered,
+                "ranker's +Inf bucket": answered, "features' not_found errors": not_found}
 
-    def exported(text: str) -> list[str]:
-        """What this test's requests should have put on the endpoint, missing from `text`."""
-        missing = [f"latency of {node}" for node in ("features", "ranker", "ranking")
-                   if metric_sum(text, "ray_graph_node_latency_ms_count", graph="recommend", node=node) <= 0]
-        if metric_sum(text, "ray_graph_node_latency_ms_bucket", graph="recommend", node="ranker", le="+Inf") <= 0:
-            missing.append("ranker's +Inf bucket")
-        if metric_sum(text, "ray_graph_node_errors_total", graph="recommend", node="features", error="not_found") < 1:
-            missing.append("features' not_found error")
-        return missing
+    def increase(text: str) -> dict[str, float]:
+        now = readings(text)
+        return {name: now[name] - before[name] for name in SERIES}
 
-    # Wait for these very series, not for their families' names: a family
-    # may be there before this request's sample (another graph's series, an
-    # export taken before the 404; CI saw the errors family without it).
-    deadline = time.monotonic() + 60
-    text = scrape(ray_cluster["metrics_url"])
-    while exported(text) and time.monotonic() < deadline:
-        time.sleep(2)
-        text = scrape(ray_cluster["metrics_url"])
-    assert not exported(text)
+    # Ray exports every few seconds: wait for this test's increase. At least,
+    # not exactly: an earlier test's requests may still be on their way to the
+    # endpoint (waiting for the series to stand still costs 13-26 s a run).
+    deadline = time.monotonic() + EXPORT_DEADLINE_S
+    text = scrape(url)
+    while any(increase(text)[name] < count for name, count in expected.items()) and time.monotonic() < deadline:
+        time.sleep(1)
+        text = scrape(url)
+    grown = increase(text)
+    assert all(grown[name] >= count for name, count in expected.items()), f"increase {grown}, expected at least {expected}"
     assert "ray_serve_deployment_processing_latency_ms_bucket" in text  # Serve's own, same endpoint

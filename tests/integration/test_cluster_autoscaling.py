@@ -18,6 +18,9 @@ from ray.util.state import list_actors
 
 from tests.integration.test_deploy import deploy_cli
 from tests.servers import restore, wait_app, wait_http
+import pytest
+
+pytestmark = pytest.mark.integration
 
 REQUEST = {"user_id": 5, "item_ids": [1, 2, 3, 4], "k": 2, "explain": False}
 

@@ -15,6 +15,9 @@ from ray import serve
 
 from deployments.paths import PROJECT_ROOT
 from tests.servers import replicas, restore
+import pytest
+
+pytestmark = pytest.mark.integration
 
 REQUEST = {"user_id": 5, "item_ids": [1, 2, 3, 4], "k": 2, "explain": False}
 

@@ -12,6 +12,8 @@ import pytest
 
 from tests.servers import deploy, free_port, restore, wait_app
 
+pytestmark = pytest.mark.integration
+
 REQUEST = {"user_id": 11, "item_ids": [5, 6, 7, 8, 9], "k": 3}
 
 

@@ -14,6 +14,8 @@ from ray import serve
 
 from tests.servers import deploy, free_port, restore, wait_app, wait_http
 
+pytestmark = pytest.mark.integration
+
 REQUEST = {"user_id": 5, "item_ids": [1, 2, 3, 4], "k": 2, "explain": False}
 
 
@@ -53,6 +55,24 @@ def test_triton_stopped_gives_503_quickly_and_recovers(recommend_url, triton, se
         triton.start()
     recovered_in = wait_recovered(recommend_url)
     print(f"\nrecovered {recovered_in:.2f} s after Triton was ready again")
+    assert httpx.get(f"{recommend_url}/readyz", timeout=10).status_code == 200
+
+
+def test_a_crashed_triton_is_restarted_and_readiness_says_why_meanwhile(recommend_url, triton):
+    """The local Triton dies (SIGSEGV, as its python backend once did): its
+    supervisor restarts it after a backoff; meanwhile /readyz names the
+    crash; then the graph answers again by itself."""
+    restarts = triton.restarts
+    os.kill(triton.process.pid, signal.SIGSEGV)
+    deadline, details = time.monotonic() + 60, []
+    while not (triton.restarts > restarts and triton.is_ready()):
+        assert time.monotonic() < deadline, f"the supervisor did not bring Triton back: {triton.status()}"
+        ready = httpx.get(f"{recommend_url}/readyz", timeout=10)
+        if ready.status_code == 503:
+            details.append(ready.json()["checks"]["ranker"]["detail"])
+        time.sleep(0.1)
+    assert any("local supervisor: triton restarting after signal 11 (SIGSEGV)" in d for d in details), details
+    wait_recovered(recommend_url)
     assert httpx.get(f"{recommend_url}/readyz", timeout=10).status_code == 200
 
 

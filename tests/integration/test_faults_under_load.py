@@ -117,18 +117,26 @@ def test_a_killed_replica_is_replaced_and_the_graph_keeps_answering(faults, depl
     assert summary.failed <= 2 * 4, summary.common_failures  # 4 clients
 
 
-def test_triton_stopped_and_restarted(faults, triton):
+def test_triton_crashes_and_its_supervisor_brings_it_back(faults, triton):
+    """Triton dies mid-load as its python backend once did (SIGSEGV, the
+    process gone): the supervisor restarts it (local_stack/supervisor.py),
+    and the graph answers again without anyone touching it."""
+    restarts = triton.restarts
     with LoadRun(faults["url"], REQUEST, clients=4, request_timeout_s=TIMEOUT_S, max_seconds=120) as run:
         run.wait_successes(40, timeout_s=30)
         run.mark("fault")
-        triton.stop()
-        run.wait_failures(10, timeout_s=30, after_mark=True)
-        triton.start()
+        os.kill(triton.process.pid, signal.SIGSEGV)
+        run.wait_failures(1, timeout_s=30, after_mark=True)
+        deadline = time.monotonic() + 60
+        while not (triton.restarts > restarts and triton.is_ready()):
+            assert time.monotonic() < deadline, f"the supervisor did not bring Triton back: {triton.status()}"
+            time.sleep(0.1)
         run.mark("recovered")
         run.wait_recovered(40, timeout_s=60)
         summary = run.stop()
-    SUMMARIES["Triton stopped, restarted"] = summary
-    print_report("Triton stopped, restarted", summary)
+    SUMMARIES["Triton crashed (SIGSEGV), restarted by its supervisor"] = summary
+    print_report("Triton crashed, restarted by its supervisor", summary)
+    assert triton.restarts == restarts + 1 and triton.last_exit.startswith("signal 11 (SIGSEGV)")
     assert {o.error_code for o in run.outcomes if not o.ok} <= {"backend_unavailable", "backend_timeout"}
     assert all(o.retry_after for o in run.outcomes if o.status == 503)
     outage_s = run.marks[1][1] - run.marks[0][1]

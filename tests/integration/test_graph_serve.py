@@ -14,6 +14,8 @@ import yaml
 from local_stack.serve_configs import point_graph
 from tests.servers import deploy, metric_sum, replicas, restore, scrape, wait_app, wait_http
 
+pytestmark = pytest.mark.integration
+
 ITEMS = list(range(1, 11))
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from tests.servers import deploy, restore, wait_app, wait_http
 
+pytestmark = pytest.mark.integration
+
 REQUEST = {"user_id": 5, "item_ids": [1, 2, 3, 4], "k": 2, "explain": False}
 
 

@@ -7,6 +7,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+pytestmark = pytest.mark.integration
+
 
 USER = 42
 ITEMS = [3, 17, 99, 250, 5, 411, 78, 12, 300, 64]
@@ -40,6 +42,7 @@ def test_ranking_matches_onnxruntime_on_the_same_features(recommend_url, stack, 
     response = httpx.post(recommend_url, json={"user_id": USER, "item_ids": ITEMS, "k": 4, "explain": False}, timeout=30)
     assert response.status_code == 200, response.text
     body = response.json()
+    assert len(body["items"]) == min(4, len(ITEMS))
     scores = expected_scores(stack, registry, "champion", USER, ITEMS)
     best = np.argsort(-scores, kind="stable")[:4]
     assert [item["item_id"] for item in body["items"]] == [ITEMS[i] for i in best]
@@ -55,7 +58,10 @@ def test_reports_the_registry_version_behind_the_alias(recommend_url, registry):
 def test_reports_feature_timestamps_and_node_latency(recommend_url, stack):
     import pandas as pd
 
-    body = httpx.post(recommend_url, json={"user_id": USER, "item_ids": ITEMS, "k": 3, "explain": False}, timeout=10).json()
+    response = httpx.post(recommend_url, json={"user_id": USER, "item_ids": ITEMS, "k": 3, "explain": False}, timeout=10)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["items"]) == min(3, len(ITEMS))  # the loop below checks each of them
     users = pd.read_parquet(stack.data / "users.parquet").set_index("user_id")
     items = pd.read_parquet(stack.data / "items.parquet").set_index("item_id")
     for item in body["items"]:
@@ -72,6 +78,7 @@ def test_reports_feature_timestamps_and_node_latency(recommend_url, stack):
 
 def test_k_larger_than_the_candidates_returns_them_all(recommend_url):
     body = httpx.post(recommend_url, json={"user_id": USER, "item_ids": [1, 2], "k": 10, "explain": False}, timeout=30).json()
+    assert len(body["items"]) == min(10, 2)
     assert sorted(item["item_id"] for item in body["items"]) == [1, 2]
 
 
