@@ -9,6 +9,8 @@ no GPU resources) or GPU (`accelerator_type`, `num_gpus` via placement).
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -95,10 +97,27 @@ def check_cpu_memory(model: LLMModelConfig) -> None:
         )
 
 
+def check_context_length(model: LLMModelConfig, resolved: ResolvedModel) -> None:
+    """A max_model_len beyond the model's context is refused by vLLM only
+    once an engine starts, in every retry of the replica (a minute and more
+    on a CPU): say it at build time, naming the key, from the registered
+    version's own config.json."""
+    config_file = Path(resolved.path) / "config.json"
+    if not config_file.is_file():
+        return
+    context = json.loads(config_file.read_text()).get("max_position_embeddings")
+    if isinstance(context, int) and model.engine.max_model_len > context:
+        raise ValueError(
+            f"model {model.name} (version {resolved.version}): engine.max_model_len={model.engine.max_model_len} "
+            f"exceeds the model's context of {context} tokens (max_position_embeddings in its config.json)"
+        )
+
+
 def llm_config(model: LLMModelConfig, resolved: ResolvedModel) -> Any:
     from ray.serve.llm import LLMConfig
 
     check_cpu_memory(model)
+    check_context_length(model, resolved)
     engine = model.engine
     engine_kwargs: dict[str, Any] = {
         "max_model_len": engine.max_model_len,

@@ -131,6 +131,12 @@ class RedisServer:
             stop_group(self.process, timeout_s=timeout_s)
         self._cleanup()
 
+    def remove_leftovers(self) -> list[str]:
+        """After the process died: its private working folder."""
+        left = [str(self.workdir)] if self.workdir is not None else []
+        self._cleanup()
+        return left
+
     def _cleanup(self) -> None:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)

@@ -41,6 +41,9 @@ class Server(Protocol):
 
     def is_ready(self) -> bool: ...
 
+    def remove_leftovers(self) -> list[str]:
+        """After the process died: remove what it left behind; say what."""
+
     def stop(self) -> None: ...
 
 
@@ -174,6 +177,9 @@ class Supervisor:
                 attempt = 1 if uptime_s >= self.backoff.reset_after_s else attempt + 1
                 self.last_exit = f"{describe_exit(process.returncode)} at {time.strftime('%H:%M:%S')}"
                 self._kill_leftovers(process.pid)
+                removed = self.server.remove_leftovers()
+                if removed:
+                    self.log(f"supervisor: removed what the dead {self.server.name} left behind: {', '.join(removed)}")
                 delay_s = self.backoff.delay(attempt)
                 self.log(f"supervisor: {self.server.name} exited unexpectedly ({self.last_exit}, up {uptime_s:.0f} s); "
                          f"restart {self.restarts + 1} in {delay_s:g} s")

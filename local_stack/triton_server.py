@@ -111,7 +111,23 @@ class TritonServer:
             "--allow-gpu-metrics=false",
             "--strict-readiness=true",
             "--exit-timeout-secs=5",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
+
+    @property
+    def shm_prefix(self) -> str:
+        """This server's python-backend shared-memory regions (/dev/shm) start
+        with this: a crashed server leaves them behind, and they are ours to remove."""
+        return f"sg_triton_{self.http_port}_"
+
+    def remove_leftovers(self) -> list[str]:
+        """After the server died: remove its shared-memory regions (its stubs
+        are gone with its process group). Returns what was removed."""
+        removed = []
+        for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
+            region.unlink(missing_ok=True)
+            removed.append(region.name)
+        return removed
 
     def start(self, timeout_s: float = 60.0) -> "TritonServer":
         out = open(self.log_file, "ab") if self.log_file else None
@@ -156,6 +172,7 @@ class TritonServer:
         except subprocess.TimeoutExpired:
             os.killpg(pgid, signal.SIGKILL)
             self.process.wait()
+            self.remove_leftovers()
 
 
 def main() -> None:

@@ -14,8 +14,22 @@ import pytest
 from tests.servers import restore
 
 
+RESTORED: list[str] = []  # listed again in the session's summary
+
+
 def _report(request, what: str) -> None:
-    print(f"\n[backends] before {request.node.nodeid}: {what}", flush=True)
+    line = f"[backends] before {request.node.nodeid}: {what}"
+    RESTORED.append(line)
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:  # shown as it happens, not only when the test fails
+        reporter.write_line("\n" + line, yellow=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if RESTORED:
+        terminalreporter.section("backends restored before a test")
+        for line in RESTORED:
+            terminalreporter.write_line(line)
 
 
 def _answers(url: str, timeout_s: float) -> bool:
@@ -38,6 +52,10 @@ def healthy_backends(request):
         done = request.getfixturevalue("triton").ensure_ready()
         if done:
             _report(request, done)
+    if "redis" in used:  # test_feast_redis.py's module Redis
+        done = request.getfixturevalue("redis").ensure_ready()
+        if done:
+            _report(request, done)
     if "recommend_url" in used:
         url = request.getfixturevalue("recommend_url")
         if not _answers(f"{url}/readyz", timeout_s=30):
@@ -48,8 +66,11 @@ def healthy_backends(request):
     if "chat_url" in used:
         url = request.getfixturevalue("chat_url")
         started = time.monotonic()
-        if not _answers(f"{url}/models", timeout_s=300):
-            pytest.fail("the chat app did not answer /v1/models within 300 s (Serve replaces a dead engine by itself)")
+        if not _answers(f"{url}/models", timeout_s=180):  # Serve replaces a dead engine by itself
+            _report(request, "the chat app did not answer for 180 s: redeploying the session's config")
+            restore(request.getfixturevalue("serve_config"))
+            if not _answers(f"{url}/models", timeout_s=300):
+                pytest.fail("the chat app did not answer /v1/models again after a redeploy")
         if time.monotonic() - started > 1:
             _report(request, f"waited {time.monotonic() - started:.0f} s for the chat engine")
     yield

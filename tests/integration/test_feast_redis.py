@@ -13,6 +13,7 @@ import os
 import secrets
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,7 @@ from deployments.errors import BackendTimeout, BackendUnavailable
 from deployments.feature_lookup import FeatureLookup, FeatureLookupConfig
 from local_stack import feast_setup
 from local_stack.redis_server import RedisServer
+from local_stack.supervisor import Supervisor
 
 pytestmark = pytest.mark.integration
 
@@ -66,14 +68,31 @@ def local_frame(stack):
 
 @pytest.fixture(scope="module")
 def redis(stack):
-    with RedisServer(log_file=stack.logs / "redis-tests.log") as server:
-        yield server
+    """The module's Redis, supervised: a crash is restarted (empty: see rematerialized)."""
+    supervised = Supervisor(RedisServer(log_file=stack.logs / "redis-tests.log"))
+    supervised.start()
+    yield supervised
+    supervised.close()
 
 
 @pytest.fixture(scope="module")
 def cluster_env(stack, redis, tmp_path_factory):
     registry = tmp_path_factory.mktemp("feast-redis") / "registry.db"
     return feast_setup.prepare_cluster_store(stack, redis.connection_string, registry)
+
+
+@pytest.fixture(autouse=True)
+def rematerialized(request, stack):
+    """A Redis that restarted (it crashed, or an earlier test left it down:
+    tests/integration/conftest.py brings it back) is empty: materialize it
+    again before the next test, so one fault fails one test."""
+    if "cluster_env" not in request.fixturenames:
+        return
+    import redis as redis_client
+
+    server, env = request.getfixturevalue("redis"), request.getfixturevalue("cluster_env")
+    if redis_client.Redis(host="127.0.0.1", port=server.port, socket_timeout=5).dbsize() == 0:
+        feast_setup.prepare_cluster_store(stack, server.connection_string, Path(env["FEAST_REGISTRY_PATH"]))
 
 
 @pytest.fixture(scope="module")

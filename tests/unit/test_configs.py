@@ -115,10 +115,17 @@ def test_serve_keys_ray_would_ignore_or_defer_are_named(mutate, path, reason):
 
 
 @pytest.mark.parametrize("engine_metrics", [True, False])
-def test_engine_metrics_switch_reaches_the_engine_and_the_server(engine_metrics):
+def test_engine_metrics_switch_reaches_the_engine_and_the_server(engine_metrics, monkeypatch):
     """`engine_metrics`: vLLM computes its engine stats into its own Prometheus
     metrics and the server (MeteredLLMServer) copies them into Ray; off, vLLM
     computes none. Ray's per-value stat logger (log_engine_metrics) is never on."""
+    import types
+
+    import ray
+
+    # ray.serve.llm reads the driver's runtime_env, which would start a local
+    # Ray cluster in this unit test (Ray's auto-init): the driver has none.
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: types.SimpleNamespace(runtime_env={}))
     from deployments.llm_engine import LLMModelConfig, ResolvedModel, llm_config, llm_deployment
     from deployments.llm_metrics import MeteredLLMServer
 

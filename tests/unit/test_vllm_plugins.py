@@ -10,6 +10,27 @@ import pytest
 from deployments import vllm_plugins
 
 
+@pytest.fixture(autouse=True)
+def scheduling_restored():
+    """Tests that run the plugin in this process switch its threads to
+    SCHED_BATCH and tighten the main thread's timer slack: put both back,
+    or every process started later by this test session (the Ray cluster,
+    its replicas) inherits them."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    PR_SET_TIMERSLACK, PR_GET_TIMERSLACK = 29, 30
+    slack = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0)
+    policies = {int(tid): os.sched_getscheduler(int(tid)) for tid in os.listdir("/proc/self/task")}
+    yield
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setscheduler(int(tid), policies.get(int(tid), os.SCHED_OTHER), os.sched_param(0))
+        except OSError:  # the thread just ended
+            pass
+    prctl(PR_SET_TIMERSLACK, slack, 0, 0, 0)
+
+
 def _installed_in(env: dict[str, str], result) -> None:
     import os
 
