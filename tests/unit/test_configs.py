@@ -83,11 +83,14 @@ def test_check_cli_exit_codes(tmp_path):
     config["applications"][0]["args"]["graph"]["nodes"]["ranker"]["config"]["timout_s"] = 1
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(config))
-    result = subprocess.run([sys.executable, "-m", "apps.check", str(bad)], capture_output=True, text=True, cwd=PROJECT_ROOT)
-    assert result.returncode == 1
-    assert f"{NODES}.ranker.triton_model.config.timout_s: Extra inputs are not permitted" in result.stderr
-    good = subprocess.run([sys.executable, "-m", "apps.check", "configs/local.yaml"], capture_output=True, text=True, cwd=PROJECT_ROOT)
-    assert good.returncode == 0, good.stderr
+    # Both at once: each is a fresh interpreter importing Ray and vLLM.
+    bad_run, good_run = (subprocess.Popen([sys.executable, "-m", "apps.check", str(path)], stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
+                         for path in (bad, "configs/local.yaml"))
+    (_, bad_err), (_, good_err) = bad_run.communicate(timeout=120), good_run.communicate(timeout=120)
+    assert bad_run.returncode == 1
+    assert f"{NODES}.ranker.triton_model.config.timout_s: Extra inputs are not permitted" in bad_err
+    assert good_run.returncode == 0, good_err
 
 
 
