@@ -176,13 +176,13 @@ class Supervisor:
                 uptime_s = time.monotonic() - self._up_since
                 attempt = 1 if uptime_s >= self.backoff.reset_after_s else attempt + 1
                 self.last_exit = f"{describe_exit(process.returncode)} at {time.strftime('%H:%M:%S')}"
+                delay_s = self.backoff.delay(attempt)
+                self.log(f"supervisor: {self.server.name} exited unexpectedly ({self.last_exit}, up {uptime_s:.0f} s); "
+                         f"restart {self.restarts + 1} in {delay_s:g} s")
                 self._kill_leftovers(process.pid)
                 removed = self.server.remove_leftovers()
                 if removed:
                     self.log(f"supervisor: removed what the dead {self.server.name} left behind: {', '.join(removed)}")
-                delay_s = self.backoff.delay(attempt)
-                self.log(f"supervisor: {self.server.name} exited unexpectedly ({self.last_exit}, up {uptime_s:.0f} s); "
-                         f"restart {self.restarts + 1} in {delay_s:g} s")
                 self._write_state("restarting", next_restart_in_s=delay_s)
             if self._closed.wait(delay_s):
                 return

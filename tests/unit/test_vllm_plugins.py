@@ -1,5 +1,6 @@
 """The vLLM plugins this package registers (deployments/vllm_plugins.py):
 the engine core waits for its worker without starving its own threads."""
+import functools
 import multiprocessing
 import os
 import threading
@@ -50,7 +51,14 @@ def _installed_in(env: dict[str, str], result) -> None:
 
 def plugin_effect(process_name: str, env: dict[str, str] | None = None) -> tuple[bool, set[int]]:
     """In a fresh process of that name: whether the plugin replaced
-    SpinCondition.wait, and the scheduling policies of its threads after."""
+    SpinCondition.wait, and the scheduling policies of its threads after.
+    Each case is run once per session (a spawned process imports vLLM)."""
+    return _plugin_effect(process_name, tuple(sorted((env or {}).items())))
+
+
+@functools.cache
+def _plugin_effect(process_name: str, env: tuple[tuple[str, str], ...]) -> tuple[bool, set[int]]:
+    env = dict(env)
     context = multiprocessing.get_context("spawn")
     result = context.Queue()
     process = context.Process(target=_installed_in, args=(env or {}, result), name=process_name)
