@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-STATE_DIR_ENV = "SG_SUPERVISED_STATE_DIR"  # local_stack.supervisor.STATE_DIR_ENV
+STATE_DIR_ENV = "SG_SUPERVISED_STATE_DIR"  # set where the local Ray cluster starts (local_stack/demo.py, tests/conftest.py)
 
 
 def _bare(address: str) -> str:
