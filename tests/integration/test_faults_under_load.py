@@ -11,7 +11,7 @@ The graph under test is the recommend graph of configs/local.yaml (no LLM
 explanation) deployed next to the session's apps as `faults`, with its
 feature lookup and its Triton ranker placed in deployments of their own and
 two replicas of every deployment, so that each node kind has replicas to
-kill. `pytest -s` prints one table row per fault (the README's table).
+kill. `pytest -s` prints one table row per fault (docs/operations.md's table).
 """
 from __future__ import annotations
 
