@@ -102,3 +102,13 @@ def engine_process(app: str) -> tuple[int, str]:
     children = psutil.Process(replica.pid).children(recursive=True)
     cores = [c for c in children if "EngineCore" in c.name() or "EngineCore" in " ".join(c.cmdline())]
     return (cores[0].pid, "EngineCore process") if cores else (replica.pid, "LLMServer replica")
+
+
+def wait_restarted(triton, restarts_before: int, timeout_s: float = 60, while_waiting=lambda: None) -> None:
+    """Until the supervised Triton restarted after a crash and answers again
+    (calling `while_waiting` between checks)."""
+    deadline = time.monotonic() + timeout_s
+    while not (triton.restarts > restarts_before and triton.is_ready()):
+        assert time.monotonic() < deadline, f"the supervisor did not bring Triton back: {triton.status()}"
+        while_waiting()
+        time.sleep(0.1)

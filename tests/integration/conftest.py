@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import pytest
 
-from tests.servers import restore
+from tests.servers import restore, wait_http
 
 
 RESTORED: list[str] = []  # listed again in the session's summary
@@ -33,16 +32,11 @@ def pytest_terminal_summary(terminalreporter):
 
 
 def _answers(url: str, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.5)
+    try:
+        wait_http(url, timeout_s=timeout_s)
+        return True
+    except TimeoutError:
+        return False
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from ray import serve
 
-from tests.servers import deploy, free_port, restore, wait_app, wait_http
+from tests.servers import deploy, free_port, restore, wait_app, wait_http, wait_restarted
 
 pytestmark = pytest.mark.integration
 
@@ -71,13 +71,14 @@ def test_a_crashed_triton_is_restarted_and_readiness_says_why_meanwhile(recommen
     regions = {p.name for p in Path("/dev/shm").glob(f"{triton.shm_prefix}*")}
     assert regions, "the python backend's shared memory is not under this server's prefix"
     os.kill(triton.process.pid, signal.SIGSEGV)
-    deadline, details = time.monotonic() + 60, []
-    while not (triton.restarts > restarts and triton.is_ready()):
-        assert time.monotonic() < deadline, f"the supervisor did not bring Triton back: {triton.status()}"
+    details = []
+
+    def readiness() -> None:
         ready = httpx.get(f"{recommend_url}/readyz", timeout=10)
         if ready.status_code == 503:
             details.append(ready.json()["checks"]["ranker"]["detail"])
-        time.sleep(0.1)
+
+    wait_restarted(triton, restarts, while_waiting=readiness)
     assert any("local supervisor: triton restarting after signal 11 (SIGSEGV)" in d for d in details), details
     left = regions & {p.name for p in Path("/dev/shm").glob(f"{triton.shm_prefix}*")}
     assert not left, f"the dead server's shared memory is still there: {left}"

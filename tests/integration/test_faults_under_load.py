@@ -26,7 +26,7 @@ import pytest
 
 from local_stack.serve_configs import explanations_off
 from tests.fault_load import LoadRun, assert_fault_contract, error_windows, format_table, print_report
-from tests.servers import deploy, engine_process, replicas, restore, wait_app, wait_http
+from tests.servers import deploy, engine_process, replicas, restore, wait_app, wait_http, wait_restarted
 
 pytestmark = pytest.mark.integration
 
@@ -127,10 +127,7 @@ def test_triton_crashes_and_its_supervisor_brings_it_back(faults, triton):
         run.mark("fault")
         os.kill(triton.process.pid, signal.SIGSEGV)
         run.wait_failures(1, timeout_s=30, after_mark=True)
-        deadline = time.monotonic() + 60
-        while not (triton.restarts > restarts and triton.is_ready()):
-            assert time.monotonic() < deadline, f"the supervisor did not bring Triton back: {triton.status()}"
-            time.sleep(0.1)
+        wait_restarted(triton, restarts)
         run.mark("recovered")
         run.wait_recovered(40, timeout_s=60)
         summary = run.stop()
