@@ -105,12 +105,17 @@ class TritonModel:
         return self._client
 
     def _channel_args(self) -> list[tuple[str, int]]:
+        """Reconnect soon after Triton comes back (first retry after 100 ms,
+        at most `reconnect_backoff_max_ms` apart). Not
+        `grpc.min_reconnect_backoff_ms`: gRPC also uses it as the connect
+        timeout, and at 100 ms a new replica's first call on a loaded node
+        failed with "connection attempt timed out before receiving SETTINGS
+        frame". The default (20 s) leaves the bound to the call's own timeout."""
         unlimited = 2**31 - 1
         return [
             ("grpc.max_send_message_length", unlimited),
             ("grpc.max_receive_message_length", unlimited),
             ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", self.config.reconnect_backoff_max_ms),
         ]
 

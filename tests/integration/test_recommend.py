@@ -104,6 +104,46 @@ def test_http_protocol_gives_the_same_scores_as_grpc(triton, stack, serve_config
     np.testing.assert_allclose(grpc_scores, http_scores, rtol=1e-6)
 
 
+def test_a_triton_slow_to_answer_a_new_connection_is_waited_for(triton, stack):
+    """A new channel's first call, when Triton takes 300 ms to answer the
+    connection (a loaded node, new replicas starting): the call waits for the
+    handshake within its own timeout instead of failing at once. (gRPC's
+    `min_reconnect_backoff_ms` is also its connect timeout: set to 100 ms, it
+    failed new replicas' first calls with "failed to connect to all
+    addresses" during an in-place update under load.)"""
+    import asyncio
+
+    from deployments.triton_model import TritonModel, TritonModelConfig
+
+    host, port = triton.grpc_url.rsplit(":", 1)
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def slow_to_answer(client_reader, client_writer) -> None:
+        await asyncio.sleep(0.3)
+        server_reader, server_writer = await asyncio.open_connection(host, int(port))
+        await asyncio.gather(pipe(client_reader, server_writer), pipe(server_reader, client_writer),
+                             return_exceptions=True)
+
+    async def scores() -> np.ndarray:
+        proxy = await asyncio.start_server(slow_to_answer, "127.0.0.1", 0)
+        url = f"127.0.0.1:{proxy.sockets[0].getsockname()[1]}"
+        node = TritonModel(TritonModelConfig(url=url, registry_uri=stack.mlflow_uri, timeout_s=5.0))
+        try:
+            return await node.infer(np.zeros((3, 12), dtype=np.float32))
+        finally:
+            await node.close()
+            proxy.close()
+
+    assert asyncio.run(scores()).shape == (3,)
+
+
 def test_health_and_readiness(recommend_url):
     assert httpx.get(f"{recommend_url}/healthz").json()["status"] == "live"
     ready = httpx.get(f"{recommend_url}/readyz")
