@@ -5,7 +5,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from apps.check import ConfigError, check_config, check_file
+from cli.check import ConfigError, check_config, check_file
 from apps.graph import GraphArgs, parse_args
 from deployments.paths import PROJECT_ROOT
 from tests.servers import load_config
@@ -84,7 +84,7 @@ def test_check_cli_exit_codes(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(config))
     # Both at once: each is a fresh interpreter importing Ray and vLLM.
-    bad_run, good_run = (subprocess.Popen([sys.executable, "-m", "apps.check", str(path)], stdout=subprocess.PIPE,
+    bad_run, good_run = (subprocess.Popen([sys.executable, "-m", "cli.check", str(path)], stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
                          for path in (bad, "configs/local.yaml"))
     (_, bad_err), (_, good_err) = bad_run.communicate(timeout=120), good_run.communicate(timeout=120)
