@@ -21,7 +21,7 @@ stack: venv triton-env
 	$(PY) -m local_stack.bootstrap
 
 check: venv
-	$(PY) -m apps.check configs/*.yaml
+	$(PY) -m cli.check configs/*.yaml
 
 # Kubernetes manifests from kuberay/cluster.yaml + configs/cluster.yaml, then checked offline (kuberay/README.md)
 manifests: venv
@@ -62,5 +62,5 @@ clean-stack:
 
 # Pictures of the declarative graphs (docs/graphs.md): Mermaid text and a PNG next to each config
 graph-draw: venv
-	for config in configs/graphs/*.yaml; do $(PY) -m apps.graph_draw $$config --out $${config%.yaml}.mmd --png $${config%.yaml}.png || exit 1; done
-	$(PY) -m apps.graph_draw configs/local.yaml --app recommend --out configs/local-recommend.mmd --png configs/local-recommend.png
+	for config in configs/graphs/*.yaml; do $(PY) -m cli.graph_draw $$config --out $${config%.yaml}.mmd --png $${config%.yaml}.png || exit 1; done
+	$(PY) -m cli.graph_draw configs/local.yaml --app recommend --out configs/local-recommend.mmd --png configs/local-recommend.png

@@ -16,7 +16,7 @@ disconnect) is vLLM's. This module adds the registry: the model is resolved
 from `models:/<name>@<alias>` and `/v1/models` names the version.
 
 `http:` in the args adds API keys, a body limit and request ids
-(apps.security) in front of vLLM's app, rejecting in OpenAI's error shape.
+(deployments.http.security) in front of vLLM's app, rejecting in OpenAI's error shape.
 
 One app serves one model, as one vLLM server does; serve several models as
 several apps, each under its own `route_prefix` (base URL `<prefix>/v1`).
@@ -31,8 +31,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 from ray.serve import Application
 
-from apps import security
-from apps.security.errors import error_body, send_error
+from deployments.http import security
+from deployments.http.security.errors import error_body, send_error
 from deployments.llm_engine import LLMModelConfig, llm_deployment, registry_source, resolve
 from deployments.llm_metrics import MeteredLLMServer
 
@@ -50,7 +50,7 @@ class ChatArgs(BaseModel):
 
     model: LLMModelConfig
     http: Optional[ChatHttpSecurity] = Field(
-        None, description="API keys, body limit and request ids (apps.security); none of them when absent."
+        None, description="API keys, body limit and request ids (deployments.http.security); none of them when absent."
     )
 
 

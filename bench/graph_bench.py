@@ -29,7 +29,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.loadgen import Result  # noqa: E402
+from bench.figures import Result  # noqa: E402
 from bench.recommend_bench import measure, wait_ok  # noqa: E402
 from local_stack.bootstrap import ensure  # noqa: E402
 from local_stack.paths import PROJECT_ROOT  # noqa: E402

@@ -1,60 +1,89 @@
-"""Closed-loop HTTP load: `concurrency` clients each send the next request as
-soon as the last one answered, for a fixed time. Latency percentiles and
-throughput of successful requests; non-200 answers are counted, not hidden."""
+"""Closed-loop HTTP load: `clients` clients, each sending its next POST as
+soon as its last one answered, every request recorded as an `Outcome`
+(bench/outcomes.py) with its timing, status and body snippet.
+
+The one load generator of the project: the benchmarks (bench/figures.py)
+turn its outcomes into latency percentiles and throughput, the fault tests
+(tests/fault_load.py) into error windows and a contract. What it leaves to
+its caller is when to stop (`may_start`, asked before every request), what
+to send (`payload`) and where the outcomes go (`record`).
+
+A closed loop, not a fixed arrival rate: a slow server gets fewer requests,
+so the figures are latency at a concurrency, not at an offered load.
+"""
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
-import numpy as np
+
+from bench.outcomes import Outcome, outcome_of_error, outcome_of_response
+
+# Each request is cancelled this long after the client timeout at the
+# latest (httpx's timeout is per phase: connect, write and read could each
+# take nearly all of it), so that no request, and no run, lasts unbounded.
+HARD_DEADLINE_EXTRA_S = 1.0
+
+# The body of a client's next request, given the client's index (0 to clients - 1).
+Payload = Callable[[int], Any]
 
 
-@dataclass
-class Result:
-    concurrency: int
-    ok: int
-    failed: int
-    seconds: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
+@dataclass(frozen=True)
+class ClosedLoop:
+    """Where the load goes and with how many clients.
 
-    @property
-    def rps(self) -> float:
-        return self.ok / self.seconds
+        load = ClosedLoop(url, clients=8, request_timeout_s=30)
+        async with load.client() as client:
+            await load.run(client, payload, may_start=lambda: time.monotonic() < deadline, record=outcomes.append)
+    """
 
+    url: str
+    clients: int
+    request_timeout_s: float
+    headers: Mapping[str, str] = field(default_factory=dict)
 
-def payload(rng: random.Random) -> dict:
-    start = rng.randint(1, 480)
-    return {"user_id": rng.randint(1, 1000), "item_ids": list(range(start, start + 20)), "k": 5}
+    def client(self) -> httpx.AsyncClient:
+        """One connection pool for all clients, a kept-alive connection each.
+        trust_env=False: the endpoints are on loopback, and a proxy from the
+        environment would put its own errors and latency in the results."""
+        limits = httpx.Limits(max_connections=self.clients, max_keepalive_connections=self.clients)
+        return httpx.AsyncClient(timeout=self.request_timeout_s, limits=limits, trust_env=False)
 
+    async def send(self, client: httpx.AsyncClient, body: Any) -> Outcome:
+        """One POST, whatever becomes of it: an answer or an error, never an
+        exception (but cancellation)."""
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.request_timeout_s + HARD_DEADLINE_EXTRA_S):
+                response = await client.post(self.url, json=body, headers=dict(self.headers))
+            return outcome_of_response(response, started, time.monotonic())
+        except (httpx.HTTPError, TimeoutError) as error:
+            return outcome_of_error(error, started, time.monotonic())
 
-async def run(url: str, concurrency: int, seconds: float, warmup: int = 20) -> Result:
-    latencies: list[float] = []
-    failed = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-        rng = random.Random(concurrency)
-        for _ in range(warmup):
-            await client.post(url, json=payload(rng))
-        deadline = time.perf_counter() + seconds
+    async def run(
+        self,
+        client: httpx.AsyncClient,
+        payload: Payload,
+        *,
+        may_start: Callable[[], bool],
+        record: Callable[[Outcome], None],
+        pause: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Run the clients until `may_start()` says no to each of them; the
+        requests in flight then answer first. `pause` runs between a client's
+        requests (think time). What `payload` or `record` raise ends the run,
+        as a TaskGroup's ExceptionGroup."""
 
-        async def worker(seed: int) -> None:
-            nonlocal failed
-            local = random.Random(seed)
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                response = await client.post(url, json=payload(local))
-                if response.status_code == 200:
-                    latencies.append((time.perf_counter() - started) * 1000.0)
-                else:
-                    failed += 1
+        async def one_client(index: int) -> None:
+            while may_start():
+                record(await self.send(client, payload(index)))
+                if pause is not None:
+                    await pause()
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    p50, p95, p99 = np.percentile(latencies, [50, 95, 99]) if latencies else (float("nan"),) * 3
-    return Result(concurrency, len(latencies), failed, elapsed, float(p50), float(p95), float(p99))
+        async with asyncio.TaskGroup() as group:
+            for index in range(self.clients):
+                group.create_task(one_client(index))

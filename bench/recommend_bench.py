@@ -27,7 +27,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.loadgen import Result, run  # noqa: E402
+from bench.figures import Result, run  # noqa: E402
 from local_stack.bootstrap import ensure  # noqa: E402
 from local_stack.paths import PROJECT_ROOT, StackPaths  # noqa: E402
 from local_stack.processes import default_sigint, stop_group  # noqa: E402

@@ -1,8 +1,25 @@
 """Errors are part of the API: each carries its HTTP status and a JSON body
-that says what happened, so every node fails the same readable way."""
+that says what happened, so every node fails the same readable way. The one
+place that writes an error body (`error_body`): the graph's errors, the HTTP
+layer's 422s and the security middlewares' rejections all come through it."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
+
+ErrorFormat = Literal["project", "openai"]
+
+
+def error_body(
+    error_format: ErrorFormat, code: str, message: str, openai_type: str = "invalid_request_error", **details: Any
+) -> dict[str, Any]:
+    """`project`: {"error": {"code", "message", ...details}}. `openai`: the
+    OpenAI API's {"error": {"message", "type", "param", "code"}}, which the
+    chat app's clients (the official `openai` package among them) expect; it
+    has no room for details, so they belong in `message` too. `openai_type`
+    defaults to what api.openai.com answers for auth and size errors alike."""
+    if error_format == "openai":
+        return {"error": {"message": message, "type": openai_type, "param": None, "code": code}}
+    return {"error": {"code": code, "message": message, **details}}
 
 
 class GraphError(Exception):
@@ -16,7 +33,7 @@ class GraphError(Exception):
         self.details = details
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, **self.details}}
+        return error_body("project", self.code, self.message, **self.details)
 
     def __reduce__(self):
         """Pickled as what it is (class, message, details), whatever the

@@ -2,7 +2,7 @@
 YAML, which KubeRay hands to Ray's dashboard as is.
 
 Its content is checked by the project's own config check
-(`apps.check.check_config`, the one `python -m apps.deploy` runs before a
+(`cli.check.check_config`, the one `python -m cli.deploy` runs before a
 `serve deploy`): Ray's `ServeDeploySchema`, the unknown keys it would
 silently drop, every `autoscaling_config` through Ray's `AutoscalingConfig`,
 and each application's typed `args`.
@@ -19,7 +19,7 @@ ROOT = "spec.serveConfigV2"
 
 
 def _config_problems(config: dict[str, Any]) -> list[Problem]:
-    from apps.check import ConfigError, check_config
+    from cli.check import ConfigError, check_config
 
     try:
         check_config(config)

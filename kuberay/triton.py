@@ -7,40 +7,29 @@ in its queue (`nv_inference_queue_duration_us`), not on Serve's.
 The model repository is exported from the MLflow registry when the pod
 starts, by an init container running this project's exporter
 (`python -m kuberay.fetch triton`, target `gpu`: native ONNX Runtime backend,
-KIND_GPU), into an emptyDir that Triton reads.
+KIND_GPU), into an emptyDir that Triton reads: the shape of every model
+server (kuberay/model_server.py); what is Triton's own is here.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from kuberay import pods
+from kuberay import model_server, pods
 from kuberay.spec import ClusterSpec
 
 QUEUE_METRIC = "nv_inference_queue_duration_us"
-REPOSITORY = "/models"
-
-
-def _export_container(spec: ClusterSpec) -> dict[str, Any]:
-    return {
-        "name": "export-repository",
-        "image": spec.platform_image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["python", "-m", "kuberay.fetch", "triton", "--model", spec.triton.model, "--repository", REPOSITORY],
-        "env": [*pods.registry_env(spec), {"name": "HOME", "value": "/tmp"}],
-        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}},
-        "volumeMounts": [pods.mount("models", REPOSITORY), pods.mount("tmp", "/tmp")],
-        "securityContext": pods.container_security_context(spec, read_only_root=True),
-    }
+REPOSITORY = model_server.MODELS  # the exported model repository Triton serves
+COMPONENT = "triton"
 
 
 def _server_container(spec: ClusterSpec) -> dict[str, Any]:
     triton = spec.triton
-    return {
-        "name": "triton",
-        "image": triton.image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["tritonserver"],
-        "args": [
+    return model_server.container(
+        spec,
+        "triton",
+        triton.image,
+        command=["tritonserver"],
+        args=[
             f"--model-repository={REPOSITORY}",
             "--strict-readiness=true",      # not ready until every model is
             "--exit-on-error=true",
@@ -48,72 +37,46 @@ def _server_container(spec: ClusterSpec) -> dict[str, Any]:
             f"--grpc-port={triton.grpc_port}",
             f"--metrics-port={triton.metrics_port}",
         ],
-        "ports": [
+        ports=[
             {"name": "http", "containerPort": triton.http_port},
             {"name": "grpc", "containerPort": triton.grpc_port},
             {"name": "metrics", "containerPort": triton.metrics_port},
         ],
-        "resources": triton.resources.manifest(),
-        "startupProbe": pods.http_probe("/v2/health/ready", "http", period_s=5, failures=60),
-        "readinessProbe": pods.http_probe("/v2/health/ready", "http", period_s=5, failures=3),
-        "livenessProbe": pods.http_probe("/v2/health/live", "http", period_s=10, failures=3),
-        "volumeMounts": [pods.mount("models", REPOSITORY, read_only=True), pods.mount("tmp", "/tmp")],
-        "securityContext": pods.container_security_context(spec, read_only_root=True),
-    }
+        resources=triton.resources.manifest(),
+        startupProbe=pods.http_probe("/v2/health/ready", "http", period_s=5, failures=60),
+        readinessProbe=pods.http_probe("/v2/health/ready", "http", period_s=5, failures=3),
+        livenessProbe=pods.http_probe("/v2/health/live", "http", period_s=10, failures=3),
+        volumeMounts=[pods.mount("models", REPOSITORY, read_only=True), pods.mount("tmp", "/tmp")],
+    )
 
 
 def deployment(spec: ClusterSpec) -> dict[str, Any]:
     triton = spec.triton
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": triton.name, "namespace": spec.namespace, "labels": pods.labels("triton", triton.name)},
-        "spec": {
-            # The HPA owns the replica count; this is the count before it acts.
-            "replicas": triton.autoscaling.min_replicas,
-            "revisionHistoryLimit": 3,
-            "selector": {"matchLabels": pods.selector("triton", triton.name)},
-            # A new pod is ready before an old one goes (needs one spare GPU).
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "template": {
-                "metadata": {
-                    "labels": pods.labels("triton", triton.name),
-                    "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(triton.metrics_port),
-                        "prometheus.io/path": "/metrics",
-                    },
-                },
-                "spec": {
-                    "securityContext": pods.pod_security_context(spec),
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "initContainers": [_export_container(spec)],
-                    "containers": [_server_container(spec)],
-                    "volumes": [pods.empty_dir("models", size_limit="10Gi"), pods.empty_dir("tmp", size_limit="1Gi")],
-                    **pods.placement(triton.placement),
-                },
-            },
+    return model_server.deployment(spec, model_server.ModelServer(
+        component=COMPONENT,
+        name=triton.name,
+        # The HPA owns the replica count; this is the count before it acts.
+        replicas=triton.autoscaling.min_replicas,
+        init=model_server.fetch_container(
+            spec, "export-repository", ["triton", "--model", triton.model, "--repository", REPOSITORY]),
+        server=_server_container(spec),
+        volumes=[pods.empty_dir("models", size_limit="10Gi"), pods.empty_dir("tmp", size_limit="1Gi")],
+        placement=triton.placement,
+        pod_annotations={
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(triton.metrics_port),
+            "prometheus.io/path": "/metrics",
         },
-    }
+    ))
 
 
 def service(spec: ClusterSpec) -> dict[str, Any]:
     triton = spec.triton
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": triton.name, "namespace": spec.namespace, "labels": pods.labels("triton", triton.name)},
-        "spec": {
-            "type": "ClusterIP",
-            "selector": pods.selector("triton", triton.name),
-            "ports": [
-                {"name": "http", "port": triton.http_port, "targetPort": "http"},
-                {"name": "grpc", "port": triton.grpc_port, "targetPort": "grpc", "appProtocol": "grpc"},
-                {"name": "metrics", "port": triton.metrics_port, "targetPort": "metrics"},
-            ],
-        },
-    }
+    return model_server.service(spec, COMPONENT, triton.name, [
+        {"name": "http", "port": triton.http_port, "targetPort": "http"},
+        {"name": "grpc", "port": triton.grpc_port, "targetPort": "grpc", "appProtocol": "grpc"},
+        {"name": "metrics", "port": triton.metrics_port, "targetPort": "metrics"},
+    ])
 
 
 def autoscaler(spec: ClusterSpec) -> dict[str, Any]:
@@ -127,7 +90,7 @@ def autoscaler(spec: ClusterSpec) -> dict[str, Any]:
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": triton.name, "namespace": spec.namespace, "labels": pods.labels("triton", triton.name)},
+        "metadata": model_server.metadata(spec, COMPONENT, triton.name),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": triton.name},
             "minReplicas": hpa.min_replicas,

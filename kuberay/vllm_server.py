@@ -2,20 +2,21 @@
 remote mode (`explain.llm.mode: remote`) calls by URL.
 
 The model comes from the MLflow registry (`models:/<name>@<alias>`), fetched
-by an init container (`python -m kuberay.fetch llm`) into an emptyDir; the
-served model id is the registry name, as in the chat app. The engine
-settings are the same typed `EngineArgs` the chat app uses, turned into
-vLLM's command-line flags.
+by an init container (`python -m kuberay.fetch llm`) into an emptyDir, the
+shape of every model server (kuberay/model_server.py); the served model id
+is the registry name, as in the chat app. The engine settings are the same
+typed `EngineArgs` the chat app uses, turned into vLLM's command-line flags.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from deployments.llm_engine import EngineArgs
-from kuberay import pods
+from kuberay import model_server, pods
 from kuberay.spec import ClusterSpec
 
-MODELS = "/models"
+MODELS = model_server.MODELS
+COMPONENT = "vllm"
 
 
 def engine_flags(engine: EngineArgs) -> list[str]:
@@ -33,37 +34,22 @@ def engine_flags(engine: EngineArgs) -> list[str]:
     return flags
 
 
-def _fetch_container(spec: ClusterSpec) -> dict[str, Any]:
-    vllm = spec.vllm
-    return {
-        "name": "fetch-model",
-        "image": spec.platform_image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["python", "-m", "kuberay.fetch", "llm", "--model", vllm.model, "--alias", vllm.alias,
-                    "--dest", f"{MODELS}/{vllm.model}"],
-        "env": [*pods.registry_env(spec), {"name": "HOME", "value": "/tmp"}],
-        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}},
-        "volumeMounts": [pods.mount("models", MODELS), pods.mount("tmp", "/tmp")],
-        "securityContext": pods.container_security_context(spec, read_only_root=True),
-    }
-
-
 def _server_container(spec: ClusterSpec) -> dict[str, Any]:
     vllm = spec.vllm
-    return {
-        "name": "vllm",
-        "image": vllm.image,
-        "imagePullPolicy": "IfNotPresent",
+    return model_server.container(
+        spec,
+        "vllm",
+        vllm.image,
         # The image's python3 (the brief's `python -m vllm.entrypoints.openai.api_server`).
-        "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
-        "args": [
+        command=["python3", "-m", "vllm.entrypoints.openai.api_server"],
+        args=[
             f"--model={MODELS}/{vllm.model}",
             f"--served-model-name={vllm.model}",
             "--host=0.0.0.0",  # reached on the pod IP through the Service
             f"--port={vllm.port}",
             *engine_flags(vllm.engine),
         ],
-        "env": [
+        env=[
             pods.secret_env("HF_TOKEN", spec.secrets.hf_token),
             # The weights are local; nothing is fetched from a hub at start.
             {"name": "HF_HUB_OFFLINE", "value": "1"},
@@ -76,69 +62,46 @@ def _server_container(spec: ClusterSpec) -> dict[str, Any]:
             {"name": "XDG_CACHE_HOME", "value": "/cache"},
             {"name": "HF_HOME", "value": "/cache/huggingface"},
         ],
-        "ports": [{"name": "http", "containerPort": vllm.port}],
-        "resources": vllm.resources.manifest(),
+        ports=[{"name": "http", "containerPort": vllm.port}],
+        resources=vllm.resources.manifest(),
         # Loading weights and capturing CUDA graphs takes minutes: the
         # startup probe allows 10, then liveness takes over.
-        "startupProbe": pods.http_probe("/health", "http", period_s=10, failures=60),
-        "readinessProbe": pods.http_probe("/health", "http", period_s=5, failures=3),
-        "livenessProbe": pods.http_probe("/health", "http", period_s=10, failures=3, timeout_s=5),
-        "volumeMounts": [
+        startupProbe=pods.http_probe("/health", "http", period_s=10, failures=60),
+        readinessProbe=pods.http_probe("/health", "http", period_s=5, failures=3),
+        livenessProbe=pods.http_probe("/health", "http", period_s=10, failures=3, timeout_s=5),
+        volumeMounts=[
             pods.mount("models", MODELS, read_only=True),
             pods.mount("cache", "/cache"),
             pods.mount("tmp", "/tmp"),
             pods.mount("dshm", "/dev/shm"),
         ],
-        "securityContext": pods.container_security_context(spec, read_only_root=True),
-    }
+    )
 
 
 def deployment(spec: ClusterSpec) -> dict[str, Any]:
     vllm = spec.vllm
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": vllm.name, "namespace": spec.namespace, "labels": pods.labels("vllm", vllm.name)},
-        "spec": {
-            "replicas": vllm.replicas,
-            "revisionHistoryLimit": 3,
-            "selector": {"matchLabels": pods.selector("vllm", vllm.name)},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "template": {
-                "metadata": {"labels": pods.labels("vllm", vllm.name)},
-                "spec": {
-                    "securityContext": pods.pod_security_context(spec),
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "terminationGracePeriodSeconds": 60,
-                    "initContainers": [_fetch_container(spec)],
-                    "containers": [_server_container(spec)],
-                    "volumes": [
-                        pods.empty_dir("models", size_limit="50Gi"),
-                        pods.empty_dir("cache", size_limit="10Gi"),
-                        pods.empty_dir("tmp", size_limit="2Gi"),
-                        # Shared memory for the engine's worker processes (NCCL with tensor parallelism).
-                        pods.empty_dir("dshm", size_limit="4Gi", memory=True),
-                    ],
-                    **pods.placement(vllm.placement),
-                },
-            },
-        },
-    }
+    return model_server.deployment(spec, model_server.ModelServer(
+        component=COMPONENT,
+        name=vllm.name,
+        replicas=vllm.replicas,
+        init=model_server.fetch_container(
+            spec, "fetch-model", ["llm", "--model", vllm.model, "--alias", vllm.alias, "--dest", f"{MODELS}/{vllm.model}"]),
+        server=_server_container(spec),
+        volumes=[
+            pods.empty_dir("models", size_limit="50Gi"),
+            pods.empty_dir("cache", size_limit="10Gi"),
+            pods.empty_dir("tmp", size_limit="2Gi"),
+            # Shared memory for the engine's worker processes (NCCL with tensor parallelism).
+            pods.empty_dir("dshm", size_limit="4Gi", memory=True),
+        ],
+        placement=vllm.placement,
+        termination_grace_s=60,
+    ))
 
 
 def service(spec: ClusterSpec) -> dict[str, Any]:
     vllm = spec.vllm
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": vllm.name, "namespace": spec.namespace, "labels": pods.labels("vllm", vllm.name)},
-        "spec": {
-            "type": "ClusterIP",
-            "selector": pods.selector("vllm", vllm.name),
-            "ports": [{"name": "http", "port": vllm.port, "targetPort": "http"}],
-        },
-    }
+    return model_server.service(spec, COMPONENT, vllm.name, [{"name": "http", "port": vllm.port, "targetPort": "http"}])
 
 
 def manifests(spec: ClusterSpec) -> list[dict[str, Any]]:

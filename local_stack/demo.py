@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from apps.check import ConfigError, check_file
+from cli.check import ConfigError, check_file
 from local_stack.paths import PROJECT_ROOT, StackPaths
 from local_stack.processes import default_sigint, stop_group
 from local_stack.ray_head import private_cluster_env, start_ray_head

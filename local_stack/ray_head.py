@@ -134,7 +134,7 @@ def main() -> None:
     print(f"Ray head at {head.address}, dashboard {head.dashboard_url}, metrics {head.metrics_url}")
     print("Worker node types (added on demand): the RayService's worker groups, see kuberay/local_cluster.py")
     print(f"  RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token} \\\n"
-          f"    python -m apps.deploy CONFIG.yaml --address {head.dashboard_url}")
+          f"    python -m cli.deploy CONFIG.yaml --address {head.dashboard_url}")
     print("Ctrl-C stops the cluster", flush=True)
     try:
         head.process.wait()

@@ -8,9 +8,10 @@ saw errors, whether anything hung, and latency before, during and after.
 `assert_fault_contract` turns the summary into one readable AssertionError;
 `format_table` / `print_report` print it for `pytest -s`.
 
-The load is closed-loop (each client sends its next request when the last
-one answered, like bench/loadgen.py) and always bounded, in requests and in
-seconds: a fault test must not run forever when the fault never heals.
+The load is bench/loadgen.py's closed loop (each client sends its next
+request when the last one answered; the benchmarks measure with it too),
+here in a thread of its own and always bounded, in requests and in seconds:
+a fault test must not run forever when the fault never heals.
 """
 from __future__ import annotations
 
@@ -26,93 +27,17 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench.loadgen import HARD_DEADLINE_EXTRA_S, ClosedLoop
+from bench.outcomes import Outcome
+
 # A request is "hung" past the client timeout plus this: the event loop's
 # own scheduling delay under load, never a server's answer.
 HUNG_SLACK_S = 0.5
-# Each request is cancelled this long after the client timeout at the
-# latest (httpx's timeout is per phase: connect, write and read could each
-# take nearly all of it), so stopping a run is bounded too.
-HARD_DEADLINE_EXTRA_S = 1.0
 # The run recovered when this many last requests (by start time) all succeeded.
 RECOVERY_N = 5
 # Marks that end the fault phase; without one, the last mark after the fault does.
 RECOVERY_LABELS = ("recovered", "fault_end")
 UNCLEAR_EXAMPLES = 5
-SNIPPET_CHARS = 200
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """One request as the client saw it. Times are `time.monotonic()` seconds."""
-
-    started: float
-    ended: float
-    status: int  # 0 when no HTTP answer came (timeout, connection failure)
-    kind: str  # "ok" (200), "http_<status>", "timeout", "connection_error", "protocol_error", "transport_error"
-    latency_ms: float
-    error_code: str | None = None  # the body's error.code when the body is JSON with one
-    body_is_json_error: bool = False  # a non-200 whose body is the apps' JSON error shape
-    retry_after: str | None = None  # the Retry-After header, as sent
-    body_snippet: str = ""  # start of a non-200's body, for reports
-
-    @property
-    def ok(self) -> bool:
-        return self.kind == "ok"
-
-    @property
-    def transport_failure(self) -> bool:
-        return self.status == 0
-
-
-def json_error_code(body: Any) -> str | None:
-    """error.code of the apps' error shape (`{"error": {"code", "message"}}`;
-    in the OpenAI format of the chat app `code` may be a number or null and
-    `type` names the error), None for any other body."""
-    if not isinstance(body, dict) or not isinstance(body.get("error"), dict):
-        return None
-    error = body["error"]
-    if not isinstance(error.get("message"), str):
-        return None
-    if isinstance(error.get("code"), (str, int)) and not isinstance(error.get("code"), bool):
-        return str(error["code"])
-    if isinstance(error.get("type"), str):
-        return error["type"]
-    return None
-
-
-def outcome_of_response(response: httpx.Response, started: float, ended: float) -> Outcome:
-    """Classify an HTTP answer: only 200 is a success (the apps answer 200)."""
-    latency_ms = (ended - started) * 1000.0
-    if response.status_code == 200:
-        return Outcome(started, ended, 200, "ok", latency_ms)
-    try:
-        code = json_error_code(response.json())
-    except ValueError:  # not JSON (Serve's own plain-text 500/503, a proxy's HTML page)
-        code = None
-    return Outcome(
-        started,
-        ended,
-        response.status_code,
-        f"http_{response.status_code}",
-        latency_ms,
-        error_code=code,
-        body_is_json_error=code is not None,
-        retry_after=response.headers.get("retry-after"),
-        body_snippet=response.text[:SNIPPET_CHARS],
-    )
-
-
-def outcome_of_error(error: BaseException, started: float, ended: float) -> Outcome:
-    """Classify a request that got no HTTP answer."""
-    if isinstance(error, (httpx.TimeoutException, TimeoutError)):
-        kind = "timeout"
-    elif isinstance(error, httpx.NetworkError):  # refused, reset, closed mid-read
-        kind = "connection_error"
-    elif isinstance(error, httpx.ProtocolError):  # the server hung up mid-answer
-        kind = "protocol_error"
-    else:
-        kind = "transport_error"
-    return Outcome(started, ended, 0, kind, (ended - started) * 1000.0, body_snippet=repr(error)[:SNIPPET_CHARS])
 
 
 @dataclass(frozen=True)
@@ -201,7 +126,7 @@ def fault_phases(marks: Sequence[tuple[str, float]]) -> tuple[float | None, floa
 
 
 def p99(latencies_ms: Sequence[float]) -> float | None:
-    """numpy's (linear) 99th percentile, as bench/loadgen.py; None for no data."""
+    """numpy's (linear) 99th percentile, as the benchmarks' (bench/figures.py); None for no data."""
     return float(np.percentile(latencies_ms, 99)) if latencies_ms else None
 
 
@@ -388,12 +313,13 @@ class LoadRun:
             run.mark("recovered"); run.wait_successes(20, after_mark=True)
             summary = run.stop()
 
-    The thread has its own asyncio loop and one httpx.AsyncClient. The run
-    ends at `stop()`, after `max_seconds` or after `max_requests` requests,
-    whichever comes first. `stop()` lets requests in flight answer (each is
-    cut off HARD_DEADLINE_EXTRA_S after the client timeout at the latest);
-    leaving the with-block on an exception cancels them instead. Either way
-    the thread is joined and the client's sockets closed.
+    The thread has its own asyncio loop, running bench/loadgen.py's
+    `ClosedLoop` over one httpx.AsyncClient. The run ends at `stop()`, after
+    `max_seconds` or after `max_requests` requests, whichever comes first.
+    `stop()` lets requests in flight answer (each is cut off
+    HARD_DEADLINE_EXTRA_S after the client timeout at the latest); leaving
+    the with-block on an exception cancels them instead. Either way the
+    thread is joined and the client's sockets closed.
     """
 
     def __init__(
@@ -418,6 +344,7 @@ class LoadRun:
         self.max_seconds = max_seconds
         self.max_requests = max_requests
         self.think_s = think_s
+        self._load = ClosedLoop(url, clients, request_timeout_s, self.headers)
         self.summary: FaultSummary | None = None
         self._outcomes: list[Outcome] = []
         self._marks: list[tuple[str, float]] = []
@@ -518,14 +445,15 @@ class LoadRun:
         self._wake = asyncio.Event()
         self._deadline = time.monotonic() + self.max_seconds
         self._ready.set()
-        limits = httpx.Limits(max_connections=self.clients, max_keepalive_connections=self.clients)
-        # trust_env=False: the endpoints are on loopback, and a proxy from the
-        # environment would put its own errors and latency in the results.
-        async with httpx.AsyncClient(timeout=self.request_timeout_s, limits=limits, trust_env=False) as client:
+        async with self._load.client() as client:
             self.client = client
-            async with asyncio.TaskGroup() as group:
-                for _ in range(self.clients):
-                    group.create_task(self._client_loop(client))
+            await self._load.run(
+                client,
+                lambda _client: self.payload(),
+                may_start=self._may_start,
+                record=self._record,
+                pause=self._think if self.think_s > 0 else None,
+            )
 
     def _may_start(self) -> bool:
         if self._stopping.is_set() or time.monotonic() >= self._deadline or self._started >= self.max_requests:
@@ -533,24 +461,18 @@ class LoadRun:
         self._started += 1  # one loop thread: no race between clients
         return True
 
-    async def _client_loop(self, client: httpx.AsyncClient) -> None:
-        while self._may_start():
-            body = self.payload()
-            started = time.monotonic()
-            try:
-                async with asyncio.timeout(self.request_timeout_s + HARD_DEADLINE_EXTRA_S):
-                    response = await client.post(self.url, json=body, headers=self.headers)
-                outcome = outcome_of_response(response, started, time.monotonic())
-            except (httpx.HTTPError, TimeoutError) as error:
-                outcome = outcome_of_error(error, started, time.monotonic())
-            with self._changed:
-                self._outcomes.append(outcome)
-                self._changed.notify_all()
-            if self.think_s > 0 and self._wake is not None:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.think_s)
-                except TimeoutError:
-                    pass
+    def _record(self, outcome: Outcome) -> None:
+        with self._changed:
+            self._outcomes.append(outcome)
+            self._changed.notify_all()
+
+    async def _think(self) -> None:
+        """`think_s` between a client's requests, cut short by stop()."""
+        assert self._wake is not None
+        try:
+            await asyncio.wait_for(self._wake.wait(), self.think_s)
+        except TimeoutError:
+            pass
 
     # -- what the test uses while the load runs ---------------------------
 
@@ -645,8 +567,8 @@ class LoadRun:
                     return snapshot
         except TimeoutError as error:
             with self._changed:
-                since = self._since_mark(list(self._outcomes), after_mark=True)
-            error.add_note("failures since the mark:\n" + ("\n".join(format_failures(common_failures(since))) or "  none"))
+                since_mark = self._since_mark(list(self._outcomes), after_mark=True)
+            error.add_note("failures since the mark:\n" + ("\n".join(format_failures(common_failures(since_mark))) or "  none"))
             raise
 
     def wait_failures(self, n: int, timeout_s: float = 10.0, after_mark: bool = False) -> list[Outcome]:

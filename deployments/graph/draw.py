@@ -13,16 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from deployments.graph.spec import (
-    FanoutStep,
-    GraphSpec,
-    NodeStep,
-    SequenceStep,
-    ShadowStep,
-    SkipStep,
-    SplitStep,
-    SwitchStep,
-)
+from deployments.graph.spec import STEP_KINDS, GraphSpec, Step
 
 
 @dataclass
@@ -76,51 +67,61 @@ def _condition(case: Any) -> str:
     return f"{when.field} {when.op}{value}"
 
 
-def _draw(spec: GraphSpec, step: Any, drawing: Layout, entries: list[Entry]) -> list[Entry]:
+def _draw(spec: GraphSpec, step: Step, drawing: Layout, entries: list[Entry]) -> list[Entry]:
     """Draws `step` reached from `entries`; returns the entries of what follows."""
-    if isinstance(step, NodeStep):
-        return _node(spec, step.node, drawing, entries)
-    if isinstance(step, SkipStep):
-        skip = drawing.box("skip", "circle")
-        _connect(drawing, entries, skip)
-        return [(skip, None, False)]
-    if isinstance(step, SequenceStep):
-        for child in step.steps:
-            entries = _draw(spec, child, drawing, entries)
-        return entries
-    if isinstance(step, SwitchStep):
-        decision = drawing.box(f"switch {step.name}", "diamond")
-        _connect(drawing, entries, decision)
-        exits = []
-        for case in step.cases:
-            exits += _draw(spec, case.then, drawing, [(decision, _condition(case), False)])
-        if step.default is not None:
-            exits += _draw(spec, step.default, drawing, [(decision, "default", False)])
-        return _join(drawing, exits)
-    if isinstance(step, SplitStep):
-        key = f" by {step.sticky_key}" if step.sticky_key else ""
-        decision = drawing.box(f"split {step.name}{key}", "diamond")
-        _connect(drawing, entries, decision)
-        exits = []
-        for variant in step.variants:
-            exits += _draw(spec, variant.then, drawing, [(decision, f"{variant.name} {variant.weight:.0%}", False)])
-        return _join(drawing, exits)
-    if isinstance(step, FanoutStep):
-        fork = drawing.box("fanout", "diamond")
-        _connect(drawing, entries, fork)
-        exits = []
-        for branch in step.branches:
-            exits += _draw(spec, branch, drawing, [(fork, None, False)])
-        return _node(spec, step.merge, drawing, exits)
-    if isinstance(step, ShadowStep):
-        fork = drawing.box(f"shadow {step.name}", "diamond")
-        _connect(drawing, entries, fork)
-        exits = _draw(spec, step.primary, drawing, [(fork, "primary", False)])
-        mirrored = _draw(spec, step.candidate, drawing, [(fork, "mirror", True)])
-        compare = drawing.box("compared with the primary (recorded)", "box", dashed=True)
-        _connect(drawing, [(source, None, True) for source, _, _ in mirrored], compare)
-        return exits
-    raise TypeError(type(step).__name__)  # pragma: no cover
+    return _KINDS[step.kind](spec, step, drawing, entries)
+
+
+def _skip(spec: GraphSpec, step: Any, drawing: Layout, entries: list[Entry]) -> list[Entry]:
+    skip = drawing.box("skip", "circle")
+    _connect(drawing, entries, skip)
+    return [(skip, None, False)]
+
+
+def _sequence(spec: GraphSpec, step: Any, drawing: Layout, entries: list[Entry]) -> list[Entry]:
+    for child in step.steps:
+        entries = _draw(spec, child, drawing, entries)
+    return entries
+
+
+def _switch(spec: GraphSpec, step: Any, drawing: Layout, entries: list[Entry]) -> list[Entry]:
+    decision = drawing.box(f"switch {step.name}", "diamond")
+    _connect(drawing, entries, decision)
+    exits = []
+    for case in step.cases:
+        exits += _draw(spec, case.then, drawing, [(decision, _condition(case), False)])
+    if step.default is not None:
+        exits += _draw(spec, step.default, drawing, [(decision, "default", False)])
+    return _join(drawing, exits)
+
+
+def _split(spec: GraphSpec, step: Any, drawing: Layout, entries: list[Entry]) -> list[Entry]:
+    key = f" by {step.sticky_key}" if step.sticky_key else ""
+    decision = drawing.box(f"split {step.name}{key}", "diamond")
+    _connect(drawing, entries, decision)
+    exits = []
+    for variant in step.variants:
+        exits += _draw(spec, variant.then, drawing, [(decision, f"{variant.name} {variant.weight:.0%}", False)])
+    return _join(drawing, exits)
+
+
+def _fanout(spec: GraphSpec, step: Any, drawing: Layout, entries: list[Entry]) -> list[Entry]:
+    fork = drawing.box("fanout", "diamond")
+    _connect(drawing, entries, fork)
+    exits = []
+    for branch in step.branches:
+        exits += _draw(spec, branch, drawing, [(fork, None, False)])
+    return _node(spec, step.merge, drawing, exits)
+
+
+def _shadow(spec: GraphSpec, step: Any, drawing: Layout, entries: list[Entry]) -> list[Entry]:
+    fork = drawing.box(f"shadow {step.name}", "diamond")
+    _connect(drawing, entries, fork)
+    exits = _draw(spec, step.primary, drawing, [(fork, "primary", False)])
+    mirrored = _draw(spec, step.candidate, drawing, [(fork, "mirror", True)])
+    compare = drawing.box("compared with the primary (recorded)", "box", dashed=True)
+    _connect(drawing, [(source, None, True) for source, _, _ in mirrored], compare)
+    return exits
 
 
 def _node(spec: GraphSpec, name: str, drawing: Layout, entries: list[Entry]) -> list[Entry]:
@@ -140,6 +141,18 @@ def _join(drawing: Layout, exits: list[Entry]) -> list[Entry]:
     join = drawing.box("", "circle")
     _connect(drawing, exits, join)
     return [(join, None, False)]
+
+
+_KINDS = {
+    "node": lambda spec, step, drawing, entries: _node(spec, step.node, drawing, entries),
+    "skip": _skip,
+    "sequence": _sequence,
+    "switch": _switch,
+    "split": _split,
+    "fanout": _fanout,
+    "shadow": _shadow,
+}
+assert set(_KINDS) == STEP_KINDS
 
 
 # ---------------------------------------------------------------- writers

@@ -18,7 +18,11 @@ Semantics:
   inputs in a background task, its result only compared (ShadowLog), its
   failures only counted. `drain()` waits for those tasks (tests, shutdown).
 
-The Serve seam: `node_factory` (see deployments/graph/nodes.py).
+`spec` is a validated GraphSpec (deployments/graph/args.py validates it
+once, where the config is read); what only built nodes know (a feature
+service's fields and join keys) is checked here, once per process.
+The Serve seam: `node_factory` (deployments/graph/serving.py places a node
+apart behind the same `Node` interface).
 """
 from __future__ import annotations
 
@@ -27,28 +31,30 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from deployments.errors import BackendTimeout, GraphError
 from deployments.graph import request as request_schema
 from deployments.graph.errors import NodeFailed, UnresolvedReference
-from deployments.graph.nodes import NodeFactory, inline_node
 from deployments.graph.references import REQUEST, Missing, Reference
 from deployments.graph.routing import choose, holds
 from deployments.graph.shadow import ShadowLog, compare
-from deployments.graph.spec import (
-    FanoutStep,
-    GraphSpec,
-    NodeStep,
-    SequenceStep,
-    ShadowStep,
-    SkipStep,
-    SplitStep,
-    SwitchStep,
-)
+from deployments.graph.spec import STEP_KINDS, GraphSpec, ShadowStep, SplitStep, Step, SwitchStep
 from deployments.graph.tracing import node_span, step_span
-from deployments.graph.validate import GraphSpecError, Problem, check, check_bound
+from deployments.graph.validate import GraphSpecError, Problem, check_bound
 from deployments.metrics import NodeMetrics
+from deployments.nodes import Node, NodeSpec
+
+# name, spec -> the Node that runs it. In-process every node is built here
+# (`spec.build()`); the Serve builder passes a factory that returns a stand-in
+# for a node placed apart, and gives an embedded LLM its engine.
+NodeFactory = Callable[[str, NodeSpec], Node]
+
+
+def inline_node(name: str, spec: NodeSpec) -> Node:
+    """The node built in this process (what `placement: inline` always means,
+    and what every placement means in a notebook prototype)."""
+    return spec.build()
 
 # Under "ray.serve": in a Serve replica its records go to the replica's log
 # file through Serve's handler, which stamps each with the request's id
@@ -80,7 +86,7 @@ class _Run:
 
 class GraphExecutor:
     def __init__(self, spec: GraphSpec, node_factory: NodeFactory = inline_node, shadow_log: ShadowLog | None = None):
-        self.spec = check(spec)
+        self.spec = spec
         self.nodes = {name: node_factory(name, node) for name, node in spec.nodes.items()}
         self._check_built()
         self.request_model = request_schema.request_model(spec.name, spec.request)
@@ -89,14 +95,23 @@ class GraphExecutor:
         self.route_counts: Counter[tuple[str, str]] = Counter()
         self._background: set[asyncio.Task] = set()
         self._failed: dict[str, tuple[float, str]] = {}  # soft node -> (when, why) of its last failure, for cooldown_s
+        self._steps = {
+            "node": lambda step, run, path, shadowed: self._node(step.node, run),
+            "skip": self._skip,
+            "sequence": self._sequence,
+            "fanout": self._fanout,
+            "switch": self._switch,
+            "split": self._split,
+            "shadow": self._shadow,
+        }
+        assert set(self._steps) == STEP_KINDS
 
     def _check_built(self) -> None:
         """What only the built nodes know: output fields, a feature view's join keys."""
-        fields = {name: node.fields() for name, node in self.nodes.items() if hasattr(node, "fields")}
-        problems = check_bound(self.spec, fields)
+        problems = check_bound(self.spec, {name: node.fields() for name, node in self.nodes.items()})
         for name, node in self.nodes.items():
-            if hasattr(node, "join_keys"):
-                keys, given = node.join_keys(), set(self.spec.nodes[name].inputs)
+            keys, given = node.join_keys(), set(self.spec.nodes[name].inputs)
+            if keys is not None:
                 if keys != given:
                     problems.append(Problem(f"graph.nodes.{name}.inputs", f"the feature service's join keys are {sorted(keys)}, inputs give {sorted(given)}"))
         if problems:
@@ -120,34 +135,28 @@ class GraphExecutor:
     async def close(self) -> None:
         await self.drain()
         for node in self.nodes.values():
-            if hasattr(node, "close"):
-                await node.close()
+            await node.close()
 
     # ------------------------------------------------------------ steps
 
-    async def _step(self, step: Any, run: _Run, path: str, shadowed: bool = False) -> Any:
-        if isinstance(step, NodeStep):
-            return await self._node(step.node, run)
-        if isinstance(step, SkipStep):
-            return None
-        if isinstance(step, SequenceStep):
-            result = None
-            for index, child in enumerate(step.steps):
-                result = await self._step(child, run, f"{path}.steps[{index}]", shadowed)
-            return result
-        if isinstance(step, FanoutStep):
-            await self._all([self._step(b, run, f"{path}.branches[{i}]", shadowed) for i, b in enumerate(step.branches)])
-            return await self._node(step.merge, run)
-        if isinstance(step, SwitchStep):
-            result = await self._switch(step, run, path, shadowed)
-        elif isinstance(step, SplitStep):
-            result = await self._split(step, run, path, shadowed)
-        elif isinstance(step, ShadowStep):
-            result = await self._shadow(step, run, path, shadowed)
-        else:  # pragma: no cover - the spec's union is closed
-            raise TypeError(type(step).__name__)
-        run.state[step.name] = result
+    async def _step(self, step: Step, run: _Run, path: str, shadowed: bool = False) -> Any:
+        result = await self._steps[step.kind](step, run, path, shadowed)
+        if step.slot:
+            run.state[step.name] = result
         return result
+
+    async def _skip(self, step: Step, run: _Run, path: str, shadowed: bool) -> None:
+        return None
+
+    async def _sequence(self, step: Any, run: _Run, path: str, shadowed: bool) -> Any:
+        result = None
+        for child, child_path in step.children(path):
+            result = await self._step(child, run, child_path, shadowed)
+        return result
+
+    async def _fanout(self, step: Any, run: _Run, path: str, shadowed: bool) -> Any:
+        await self._all([self._step(child, run, child_path, shadowed) for child, child_path in step.children(path)])
+        return await self._node(step.merge, run)
 
     async def _switch(self, step: SwitchStep, run: _Run, path: str, shadowed: bool) -> Any:
         with step_span(self.spec.name, step.name, "switch") as span:
@@ -224,7 +233,7 @@ class GraphExecutor:
         try:
             with self.metrics.measure(name, run.timings), node_span(self.spec.name, name, spec.kind, spec.placement, spec.dependency):
                 output = await self._call(name, spec, run.state)
-            if isinstance(output, dict) and isinstance(output.get("scores"), list) and isinstance(output.get("model"), dict):
+            if self.nodes[name].records_scores and output is not None:
                 self.metrics.observe_scores(name, output["model"], output["scores"])
         except GraphError as error:
             if spec.dependency == "hard":

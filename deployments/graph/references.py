@@ -14,11 +14,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from deployments.feature_lookup import FeatureFrame
+from deployments.nodes.base import REFERENCE_PATTERN
+from deployments.nodes.feature_lookup import FeatureFrame
 
 REQUEST = "request"
 _SEGMENT = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
-PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*|\[\d+\])*$"
 
 
 class Missing(LookupError):
@@ -34,7 +34,7 @@ class Reference:
     @classmethod
     @functools.lru_cache(maxsize=4096)  # parsed once per config string, not per request
     def parse(cls, text: str) -> "Reference":
-        if not re.match(PATTERN, text):
+        if not re.match(REFERENCE_PATTERN, text):
             raise ValueError(f"{text!r} is not a reference (name, then .field or [index] segments)")
         root = re.match(r"[A-Za-z_][A-Za-z0-9_]*", text).group(0)
         path = tuple(name if name else int(index) for name, index in _SEGMENT.findall(text[len(root):]))

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError, create_model
 
 from deployments.errors import InvalidInput
+from deployments.field_paths import reasons
 from deployments.graph.spec import RequestField
 
 # Ints are 64-bit signed: what Feast's entity keys, numpy and Triton hold. A
@@ -56,10 +57,7 @@ def parse(model: type[BaseModel], body: Any) -> dict[str, Any]:
     try:
         return model.model_validate(body).model_dump()
     except ValidationError as error:
-        fields = [
-            {"field": "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".") or "body", "reason": e["msg"].removeprefix("Value error, ")}
-            for e in error.errors()
-        ]
+        fields = [{"field": path or "body", "reason": reason} for path, reason in reasons(error)]
         problem = InvalidInput(fields[0]["field"], fields[0]["reason"])
         problem.details["fields"] = fields
         raise problem from None

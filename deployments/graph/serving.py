@@ -7,11 +7,11 @@ GraphExecutor, plus one deployment per node placed apart.
   (own replicas, autoscaling, resources such as a GPU); the ingress holds a
   `RemoteNode` whose `run` is one handle call, so the executor cannot tell
   the two apart;
-- `mode: embedded` LLM nodes get an engine deployment (`ray.serve.llm`'s
-  LLMServer) in the same application, called by handle.
+- a kind may ask for a companion deployment in the same application (an
+  embedded LLM node's engine, `ray.serve.llm`'s LLMServer), called by handle.
 
-Every replica builds its nodes from the same validated args, so what runs is
-exactly what `apps.graph.load` checked.
+Every replica gets the args the builder validated (`GraphArgs`, not a dict
+to check again), so what runs is exactly what was checked.
 """
 from __future__ import annotations
 
@@ -23,46 +23,38 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from ray import serve
 
-from apps import http_errors, security
 from deployments.errors import BackendUnavailable, GraphError, InvalidInput
+from deployments.graph.args import GraphArgs
 from deployments.graph.executor import GraphExecutor
-from deployments.graph.nodes import LLMRunner, inline_node
-from deployments.graph.spec import GraphSpec, LLMNode
-
-
-def _spec(args: Any) -> GraphSpec:
-    from apps.graph import parse_args
-
-    return parse_args(args).graph
-
-
-def build_node(name: str, spec: Any, llm_handles: dict[str, Any]) -> Any:
-    """A node as this replica runs it: an embedded LLM node gets its engine's handle."""
-    if isinstance(spec, LLMNode) and name in llm_handles:
-        return LLMRunner(spec, handle=llm_handles[name])
-    return inline_node(name, spec)
+from deployments.http import app as http_app
+from deployments.http import security
+from deployments.nodes import Node, NodeSpec
 
 
 @serve.deployment(max_ongoing_requests=64, health_check_period_s=5, health_check_timeout_s=10)
 class GraphNode:
-    """One node placed apart (`placement: deployment`)."""
+    """One node placed apart (`placement: deployment`), built from its own
+    validated spec; `companion` is the handle of the deployment its kind
+    asked for (an embedded LLM's engine)."""
 
-    def __init__(self, args: dict, node: str, llm: Any = None):
-        self.name = node
-        self.node = build_node(node, _spec(args).nodes[node], {node: llm} if llm is not None else {})
+    def __init__(self, name: str, spec: NodeSpec, companion: Any = None):
+        self.name = name
+        self.node = spec.build(companion)
 
     async def run(self, inputs: dict[str, Any]) -> Any:
         return await self.node.run(inputs)
 
-    def describe(self) -> dict[str, Optional[list[str]]]:
-        """What the ingress's executor checks references against."""
-        fields = getattr(self.node, "fields", None)
-        join_keys = getattr(self.node, "join_keys", None)
-        return {"fields": sorted(fields()) if fields else None, "join_keys": sorted(join_keys()) if join_keys else None}
+    def describe(self) -> dict[str, Any]:
+        """What the ingress's executor checks references against and records."""
+        fields, join_keys = self.node.fields(), self.node.join_keys()
+        return {
+            "fields": sorted(fields) if fields is not None else None,
+            "join_keys": sorted(join_keys) if join_keys is not None else None,
+            "records_scores": self.node.records_scores,
+        }
 
     async def ready(self) -> tuple[bool, str]:
-        probe = getattr(self.node, "ready", None)
-        return await probe() if probe else (True, "no backend")
+        return await self.node.ready() or (True, "no backend")
 
 
 # A call to a node placed apart, and up to two more when the hop itself failed:
@@ -73,15 +65,20 @@ class GraphNode:
 HOP_ATTEMPTS = 3
 
 
-class RemoteNode:
+class RemoteNode(Node):
     """The ingress's stand-in for a node placed apart: same interface, one hop."""
 
-    def __init__(self, name: str, handle: Any, described: dict[str, Optional[list[str]]]):
+    def __init__(self, name: str, handle: Any, described: dict[str, Any]):
         self.name, self.handle = name, handle
-        if described["fields"] is not None:
-            self.fields = lambda: set(described["fields"])
-        if described["join_keys"] is not None:
-            self.join_keys = lambda: set(described["join_keys"])
+        self._fields = set(described["fields"]) if described["fields"] is not None else None
+        self._join_keys = set(described["join_keys"]) if described["join_keys"] is not None else None
+        self.records_scores = described["records_scores"]
+
+    def fields(self) -> Optional[set[str]]:
+        return self._fields
+
+    def join_keys(self) -> Optional[set[str]]:
+        return self._join_keys
 
     async def run(self, inputs: dict[str, Any]) -> Any:
         """The node's answer, its own errors unchanged (a GraphError keeps its
@@ -131,8 +128,8 @@ def document_request(app: FastAPI, model: type[BaseModel]) -> None:
     app.openapi = openapi
 
 
-api = http_errors.install(FastAPI(title="graph", description="A declarative graph (docs/graphs.md)."))
-api.add_middleware(http_errors.PrefixRoot)
+api = http_app.install(FastAPI(title="graph", description="A declarative graph (docs/graphs.md)."))
+api.add_middleware(http_app.PrefixRoot)
 
 
 @serve.deployment(max_ongoing_requests=64, health_check_period_s=5, health_check_timeout_s=10)
@@ -140,18 +137,18 @@ api.add_middleware(http_errors.PrefixRoot)
 class GraphIngress:
     """Runs the graph: POST / with the graph's request; /healthz, /readyz, /graph."""
 
-    async def __init__(self, args: dict, nodes: Optional[dict[str, Any]] = None, llms: Optional[dict[str, Any]] = None):
-        from apps.graph import parse_args
-
-        self.args = parse_args(args)
-        spec = self.args.graph
+    async def __init__(self, args: GraphArgs, nodes: Optional[dict[str, Any]] = None, companions: Optional[dict[str, Any]] = None):
+        """`args` as the builder validated them; `nodes`: handles of the nodes
+        placed apart; `companions`: handles of the deployments inline nodes
+        asked for (an embedded LLM's engine)."""
+        self.args = args
         remote = {name: RemoteNode(name, handle, await handle.describe.remote()) for name, handle in (nodes or {}).items()}
-        llm_handles = llms or {}
+        companions = companions or {}
 
-        def factory(name: str, node_spec: Any) -> Any:
-            return remote[name] if name in remote else build_node(name, node_spec, llm_handles)
+        def factory(name: str, spec: NodeSpec) -> Node:
+            return remote[name] if name in remote else spec.build(companions.get(name))
 
-        self.executor = GraphExecutor(spec, node_factory=factory)
+        self.executor = GraphExecutor(args.graph, node_factory=factory)
         # The clock of unhealthy_after_s starts once the replica is built (the
         # build itself takes seconds: Feast, Triton's client, the registry).
         self._last_ready = time.monotonic()
@@ -180,11 +177,11 @@ class GraphIngress:
 
     @api.get("/readyz")
     async def readyz(self) -> JSONResponse:
-        return http_errors.readiness(await self._checks())
+        return http_app.readiness(await self._checks())
 
     @api.get("/graph", response_class=PlainTextResponse)
     async def picture(self) -> str:
-        """The graph as Mermaid text (what `python -m apps.graph_draw` prints)."""
+        """The graph as Mermaid text (what `python -m cli.graph_draw` prints)."""
         from deployments.graph.draw import mermaid
 
         return mermaid(self.executor.spec)
@@ -209,10 +206,10 @@ class GraphIngress:
     async def _checks(self) -> dict[str, tuple[bool, str]]:
         checks = {}
         for name, node in self.executor.nodes.items():
-            probe = getattr(node, "ready", None)
-            if probe is not None:
-                try:
-                    checks[name] = await probe()
-                except Exception as error:  # a node deployment that is down
-                    checks[name] = (False, f"{type(error).__name__}: {error}")
+            try:
+                check = await node.ready()
+            except Exception as error:  # a node deployment that is down
+                check = (False, f"{type(error).__name__}: {error}")
+            if check is not None:
+                checks[name] = check
         return checks

@@ -7,12 +7,17 @@
       flow:    {kind: sequence, steps: [{kind: node, node: features}, ...]}
       output:  {items: ranking.items, model: ranker.model}
 
-Nodes say what runs (a kind and that kind's existing config: FeatureLookupConfig,
-TritonModelConfig, ...), how it fails (`dependency`, `timeout_s`) and where it
+Nodes say what runs (a kind registered in deployments/nodes/ and that kind's
+config), how it fails (`dependency`, `timeout_s`) and where it
 runs (`placement`). The flow says in which order and on which branch. Data moves
 by references (deployments/graph/references.py): a node's `inputs` map its
 parameter names to references; each node's output is stored under its name,
 each composite step's result under the step's `name`.
+
+The flow's shape is known here only: each step type names its children
+(`children`), the slot it fills (`slot`) and the nodes it runs itself
+(`runs`); `walk` visits them all. The executor, the validator and the
+drawing each keep one function per step kind, keyed by `kind`.
 
 Typing (pydantic, `extra="forbid"`) catches shapes and each kind's settings;
 deployments/graph/validate.py catches what needs the whole graph (references,
@@ -20,24 +25,13 @@ cycles, weights, defaults) with the path of the offending key.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Iterator, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from deployments.feature_lookup import FeatureLookupConfig
-from deployments.graph.references import PATTERN as REFERENCE_PATTERN
-from deployments.llm_node import LLMNodeConfig, PromptTemplate
-from deployments.python_node import PythonNodeConfig
-from deployments.torch_model import TorchModelConfig
-from deployments.triton_model import TritonModelConfig
-
-NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-Reference = Annotated[str, Field(pattern=REFERENCE_PATTERN)]
-Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from deployments.nodes import KINDS
+from deployments.nodes.base import Name, Reference
+from deployments.nodes.base import Strict as _Strict
 
 
 # ---------------------------------------------------------------- request
@@ -70,167 +64,54 @@ class RequestField(_Strict):
 
 # ---------------------------------------------------------------- nodes
 
-
-class RayActorOptions(_Strict):
-    num_cpus: Optional[float] = Field(None, ge=0)
-    num_gpus: Optional[float] = Field(None, ge=0)
-    memory: Optional[int] = Field(None, ge=0, description="Bytes.")
-    resources: Optional[dict[str, float]] = None
-    accelerator_type: Optional[str] = None
-
-
-class _Node(_Strict):
-    inputs: dict[str, Union[Reference, list[Reference]]] = Field(
-        default_factory=dict, description="Parameter name -> reference (or list of references) resolved before each call."
-    )
-    timeout_s: Optional[float] = Field(None, gt=0, le=600, description="Bound on one call of the node (besides its own).")
-    dependency: Literal["hard", "soft"] = Field(
-        "hard", description="hard: a failure fails the request; soft: the node's output is null and the reason is reported."
-    )
-    cooldown_s: Optional[float] = Field(
-        None, gt=0, le=3600,
-        description="Soft nodes: after a failure, skip the node this long (null, reason `skipped`) instead of "
-        "every request waiting out the same timeout.",
-    )
-    placement: Literal["inline", "deployment"] = Field(
-        "inline", description="inline: in the calling replica; deployment: its own Serve deployment (settings below)."
-    )
-    num_replicas: Optional[int] = Field(None, ge=1, description="placement: deployment only.")
-    autoscaling_config: Optional[dict[str, Any]] = Field(
-        None, description="placement: deployment only; Ray Serve's AutoscalingConfig (checked against it)."
-    )
-    max_ongoing_requests: Optional[int] = Field(None, ge=1, description="placement: deployment only.")
-    ray_actor_options: Optional[RayActorOptions] = Field(None, description="placement: deployment only (GPUs, CPUs, memory).")
-
-    # Names the kind needs in `inputs` / may take; None: any (checked by the kind).
-    required_inputs: ClassVar[frozenset[str]] = frozenset()
-    optional_inputs: ClassVar[Optional[frozenset[str]]] = frozenset()
-
-    @model_validator(mode="after")
-    def _cooldown_is_for_soft_nodes(self):
-        if self.cooldown_s is not None and self.dependency != "soft":
-            raise ValueError("cooldown_s: only a soft node can be skipped (dependency: soft)")
-        return self
-
-    def needs_gpu(self) -> bool:
-        return bool(self.ray_actor_options and self.ray_actor_options.num_gpus)
-
-    @field_validator("autoscaling_config")
-    @classmethod
-    def _autoscaling_is_ray_s(cls, config: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
-        if config is not None:
-            from pydantic import ValidationError
-            from ray.serve.config import AutoscalingConfig  # a pure pydantic model: no cluster needed
-
-            try:
-                AutoscalingConfig.model_validate(config)
-            except ValidationError as error:
-                reasons = [(".".join(map(str, e["loc"])) + ": " if e["loc"] else "") + e["msg"].removeprefix("Value error, ") for e in error.errors()]
-                raise ValueError("; ".join(reasons)) from None
-        return config
-
-
-class FeatureLookupNode(_Node):
-    """Feast online features of a feature service. inputs: one per join key
-    (`user_id: request.user_id`, `item_id: request.item_ids`): lists are zipped
-    into entity rows, scalars repeated on each. Output: a FeatureFrame
-    (reference columns as `features.<view>__<feature>`)."""
-
-    kind: Literal["feature_lookup"]
-    config: FeatureLookupConfig = Field(default_factory=FeatureLookupConfig)
-    optional_inputs: ClassVar[Optional[frozenset[str]]] = None  # the join keys, known once the store is open
-
-
-class TritonModelNode(_Node):
-    """A model on Triton, its version resolved from an MLflow alias. inputs:
-    `features` (a feature lookup's output, columns in the version's recorded
-    order, or a matrix). Output: {scores: [...], model: {name, version, alias}}."""
-
-    kind: Literal["triton_model"]
-    config: TritonModelConfig
-    required_inputs: ClassVar[frozenset[str]] = frozenset({"features"})
-
-
-class TorchModelNode(_Node):
-    """A PyTorch model from MLflow run in the replica. Same inputs and output as triton_model."""
-
-    kind: Literal["torch_model"]
-    config: TorchModelConfig
-    required_inputs: ClassVar[frozenset[str]] = frozenset({"features"})
-
-    @model_validator(mode="after")
-    def _cuda_needs_its_own_deployment(self):
-        if self.config.device == "cuda" and self.placement == "inline":
-            raise ValueError(
-                "config.device cuda: an inline node runs in the calling replica, which has no GPU; "
-                "use placement: deployment with ray_actor_options.num_gpus"
-            )
-        return self
-
-
-class LLMNode(_Node):
-    """One chat completion of a prompt rendered from `prompt_template` (str.format);
-    every template field is an input. Output: {text, model}."""
-
-    kind: Literal["llm"]
-    config: LLMNodeConfig
-    prompt_template: PromptTemplate = Field(min_length=1)
-    optional_inputs: ClassVar[Optional[frozenset[str]]] = None  # the template's fields
-
-
-class AggregateConfig(_Strict):
-    op: Literal["top_k", "mean_scores"] = Field(
-        description=(
-            "top_k: inputs items, scores, k (and optional features: the rows' feature values for `best`) -> "
-            "{items: [{item_id, score}], best: the top item with its features}. "
-            "mean_scores: inputs outputs (a list of model outputs) -> {scores, models} (an ensemble)."
-        )
-    )
-
-
-AGGREGATE_INPUTS = {"top_k": ({"items", "scores", "k"}, {"features"}), "mean_scores": ({"outputs"}, set())}
-
-
-class AggregateNode(_Node):
-    kind: Literal["aggregate"]
-    config: AggregateConfig
-
-
-class PythonNode(_Node):
-    """A user's callable by import path, called with the inputs as keyword arguments."""
-
-    kind: Literal["python"]
-    config: PythonNodeConfig
-    optional_inputs: ClassVar[Optional[frozenset[str]]] = None  # the callable's own parameters
-
-
-NodeSpec = Annotated[
-    Union[FeatureLookupNode, TritonModelNode, TorchModelNode, LLMNode, AggregateNode, PythonNode],
-    Field(discriminator="kind"),
-]
-MODEL_KINDS = ("triton_model", "torch_model")
+# One discriminated union of the registered kinds (deployments/nodes/__init__.py).
+NodeSpec = Annotated[Union[KINDS], Field(discriminator="kind")]
 
 # ---------------------------------------------------------------- flow
 
 
-class NodeStep(_Strict):
+class _Step(_Strict):
+    """What every step type says about its shape."""
+
+    slot: ClassVar[bool] = False  # its result is stored under its `name`
+
+    def children(self, path: str) -> list[tuple["Step", str]]:
+        """The steps inside this one, each with its path (`<path>.steps[0]`)."""
+        return []
+
+    def runs(self) -> list[str]:
+        """Nodes this step runs itself (not through its children)."""
+        return []
+
+    def references(self, path: str) -> list[tuple[str, str]]:
+        """(reference, path) the step itself reads when it starts (a condition, a sticky key)."""
+        return []
+
+
+class NodeStep(_Step):
     """Run one node; its output is stored under the node's name."""
 
     kind: Literal["node"]
     node: Name
 
+    def runs(self) -> list[str]:
+        return [self.node]
 
-class SkipStep(_Strict):
+
+class SkipStep(_Step):
     """Do nothing (a switch branch that leaves its slot null)."""
 
     kind: Literal["skip"]
 
 
-class SequenceStep(_Strict):
+class SequenceStep(_Step):
     """Run steps one after the other; the result is the last step's."""
 
     kind: Literal["sequence"]
     steps: list["Step"] = Field(min_length=1)
+
+    def children(self, path: str) -> list[tuple["Step", str]]:
+        return [(step, f"{path}.steps[{index}]") for index, step in enumerate(self.steps)]
 
 
 class Condition(_Strict):
@@ -244,21 +125,35 @@ class SwitchCase(_Strict):
     then: "Step"
 
 
-class SwitchStep(_Strict):
+class SwitchStep(_Step):
     """The first case whose condition holds runs, else `default` (required)."""
 
     kind: Literal["switch"]
     name: Name = Field(description="Slot holding the result of the branch taken.")
     cases: list[SwitchCase] = Field(min_length=1)
     default: Optional["Step"] = Field(None, description="Runs when no case matches; a switch must have one.")
+    slot: ClassVar[bool] = True
+
+    def children(self, path: str) -> list[tuple["Step", str]]:
+        cases = [(case.then, f"{path}.cases[{index}].then") for index, case in enumerate(self.cases)]
+        return cases + ([(self.default, f"{path}.default")] if self.default is not None else [])
+
+    def references(self, path: str) -> list[tuple[str, str]]:
+        return [(case.when.field, f"{path}.cases[{index}].when.field") for index, case in enumerate(self.cases)]
 
 
-class FanoutStep(_Strict):
+class FanoutStep(_Step):
     """Run branches concurrently, then the `merge` node (its inputs reference the branches)."""
 
     kind: Literal["fanout"]
     branches: list["Step"] = Field(min_length=2)
     merge: Name = Field(description="Node that combines the branches (e.g. aggregate mean_scores); its output is the result.")
+
+    def children(self, path: str) -> list[tuple["Step", str]]:
+        return [(branch, f"{path}.branches[{index}]") for index, branch in enumerate(self.branches)]
+
+    def runs(self) -> list[str]:
+        return [self.merge]
 
 
 class Variant(_Strict):
@@ -267,7 +162,7 @@ class Variant(_Strict):
     then: "Step"
 
 
-class SplitStep(_Strict):
+class SplitStep(_Step):
     """Weighted split (A/B): a stable hash of `sticky_key` picks the variant, so
     the same key (user) always gets the same variant, in every process."""
 
@@ -276,9 +171,16 @@ class SplitStep(_Strict):
     sticky_key: Optional[Reference] = Field(None, description="e.g. request.user_id; absent: each request drawn at random.")
     salt: Optional[str] = Field(None, description="Hash salt (default: the step's name): change it to reshuffle users.")
     variants: list[Variant] = Field(min_length=2)
+    slot: ClassVar[bool] = True
+
+    def children(self, path: str) -> list[tuple["Step", str]]:
+        return [(variant.then, f"{path}.variants[{index}].then") for index, variant in enumerate(self.variants)]
+
+    def references(self, path: str) -> list[tuple[str, str]]:
+        return [(self.sticky_key, f"{path}.sticky_key")] if self.sticky_key else []
 
 
-class ShadowStep(_Strict):
+class ShadowStep(_Step):
     """Run `primary` and answer with it; mirror the same inputs to `candidate` in
     the background (never delaying or changing the answer), record the comparison."""
 
@@ -286,13 +188,26 @@ class ShadowStep(_Strict):
     name: Name = Field(description="Slot holding the primary's result.")
     primary: "Step"
     candidate: "Step"
+    slot: ClassVar[bool] = True
+
+    def children(self, path: str) -> list[tuple["Step", str]]:
+        return [(self.primary, f"{path}.primary"), (self.candidate, f"{path}.candidate")]
 
 
 Step = Annotated[
     Union[NodeStep, SkipStep, SequenceStep, SwitchStep, FanoutStep, SplitStep, ShadowStep], Field(discriminator="kind")
 ]
+STEP_KINDS = frozenset({"node", "skip", "sequence", "switch", "fanout", "split", "shadow"})
 for _model in (SequenceStep, SwitchCase, SwitchStep, FanoutStep, Variant, SplitStep, ShadowStep):
     _model.model_rebuild()
+
+
+def walk(step: Step, path: str = "graph.flow") -> Iterator[tuple[Step, str]]:
+    """Every step of the flow with its path, depth first, parents first."""
+    yield step, path
+    for child, child_path in step.children(path):
+        yield from walk(child, child_path)
+
 
 # ---------------------------------------------------------------- graph
 

@@ -141,7 +141,7 @@ def failed(span: Span, error: BaseException) -> None:
 
 
 def _request_id() -> Optional[str]:
-    """The request's id: apps/security/request_id.py's when the app set one,
+    """The request's id: deployments/http/security/request_id.py's when the app set one,
     else Ray Serve's (its proxy takes the client's `X-Request-ID` or makes one
     up, and carries it through every DeploymentHandle call: a node placed in
     its own deployment sees the same id as the ingress).
@@ -150,7 +150,7 @@ def _request_id() -> Optional[str]:
     app can have set an id, a first span does not pay for importing `apps`
     (~200 ms of pydantic and starlette in a node's own replica), and there is no
     cycle (`apps.graph` imports the executor, which imports this module)."""
-    module = sys.modules.get("apps.security.request_id")
+    module = sys.modules.get("deployments.http.security.request_id")
     request_id = getattr(module, "current_request_id", None)  # None too while the module is still importing
     chosen = request_id.get() if request_id is not None else None
     if chosen is None and (serve_context := sys.modules.get("ray.serve.context")) is not None:

@@ -12,27 +12,12 @@ A problem reads `graph.flow.steps[2].variants: weights sum to 0.9, must be 1`.
 """
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from deployments.graph.references import REQUEST, Reference
-from deployments.graph.spec import (
-    AGGREGATE_INPUTS,
-    AggregateNode,
-    FanoutStep,
-    GraphSpec,
-    LLMNode,
-    NodeStep,
-    PythonNode,
-    SequenceStep,
-    ShadowStep,
-    SkipStep,
-    SplitStep,
-    SwitchStep,
-)
-from deployments.llm_node import template_fields
+from deployments.graph.spec import STEP_KINDS, GraphSpec, Step, walk
 
 DEPLOYMENT_ONLY = ("num_replicas", "autoscaling_config", "max_ongoing_requests", "ray_actor_options")
 
@@ -91,7 +76,7 @@ def _node_problems(spec: GraphSpec, name: str, node: Any, path: str) -> list[Pro
     elif node.num_replicas is not None and node.autoscaling_config is not None:
         problems.append(Problem(f"{path}.num_replicas", "give num_replicas or autoscaling_config, not both"))
 
-    required, optional = _inputs_of(node)
+    required, optional = node.inputs_taken()
     given = set(node.inputs)
     for missing in sorted(required - given):
         problems.append(Problem(f"{path}.inputs", f"missing {missing!r} ({node.kind} needs {sorted(required)})"))
@@ -105,41 +90,11 @@ def _node_problems(spec: GraphSpec, name: str, node: Any, path: str) -> list[Pro
     return problems
 
 
-def _inputs_of(node: Any) -> tuple[set[str], set[str] | None]:
-    if isinstance(node, AggregateNode):
-        required, optional = AGGREGATE_INPUTS[node.config.op]
-        return set(required), set(optional)
-    if isinstance(node, LLMNode):
-        fields = template_fields(node.prompt_template)
-        return fields, set()
-    if isinstance(node, PythonNode):
-        return _callable_inputs(node)
-    return set(node.required_inputs), (None if node.optional_inputs is None else set(node.optional_inputs))
-
-
-def _callable_inputs(node: PythonNode) -> tuple[set[str], set[str] | None]:
-    """The callable's parameters not bound by `params` (a class: its __call__'s)."""
-    from deployments.python_node import import_callable
-
-    target = import_callable(node.config.callable)
-    try:
-        signature = inspect.signature(target.__call__ if inspect.isclass(target) else target)
-    except (TypeError, ValueError):
-        return set(), None
-    params = [p for p in signature.parameters.values() if p.name != "self"]
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return set(), None
-    bound = set(node.config.params) if not inspect.isclass(target) else set()
-    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in bound]
-    required = {p.name for p in named if p.default is p.empty}
-    return required, {p.name for p in named} - required
-
-
 # ---------------------------------------------------------------- references
 
 
 def _slots(spec: GraphSpec) -> set[str]:
-    return set(spec.nodes) | {step.name for step in _steps(spec.flow) if hasattr(step, "name")}
+    return set(spec.nodes) | {step.name for step, _ in walk(spec.flow) if step.slot}
 
 
 def _reference_problems(spec: GraphSpec, text: str, path: str, available: frozenset[str] | None) -> list[Problem]:
@@ -167,7 +122,7 @@ def _roots(node: Any) -> Iterator[tuple[str, str]]:
 
 def _cycles(spec: GraphSpec, root: str) -> list[Problem]:
     """A node whose inputs (through other nodes or steps containing them) need its own output."""
-    step_nodes = {step.name: _nodes_in(step) for step in _steps(spec.flow) if hasattr(step, "name")}
+    step_nodes = {step.name: _nodes_in(step) for step, _ in walk(spec.flow) if step.slot}
     depends: dict[str, set[str]] = {}
     for name, node in spec.nodes.items():
         targets: set[str] = set()
@@ -203,23 +158,36 @@ def _find_cycle(start: str, depends: dict[str, set[str]]) -> list[str] | None:
 # ---------------------------------------------------------------- flow
 
 
-def _steps(step: Any) -> Iterator[Any]:
-    """Every step of the flow, depth first."""
-    return (each for each, _ in _steps_with_paths(step, ""))
-
-
-def _nodes_in(step: Any) -> set[str]:
-    names = {s.node for s in _steps(step) if isinstance(s, NodeStep)}
-    names |= {s.merge for s in _steps(step) if isinstance(s, FanoutStep)}
-    return names
+def _nodes_in(step: Step) -> set[str]:
+    return {name for each, _ in walk(step) for name in each.runs()}
 
 
 class _FlowWalker:
-    """Walks the flow in execution order, tracking which slots have run."""
+    """Walks the flow in execution order, tracking which slots have run: one
+    function per step kind, each returning the slots certainly available
+    after its step."""
 
     def __init__(self, spec: GraphSpec, root: str):
         self.spec, self.root, self.problems = spec, root, []
         self._named: dict[str, str] = {}
+        self._kinds: dict[str, Callable[[Any, str, frozenset[str]], frozenset[str]]] = {
+            "node": lambda step, path, available: self._node(step.node, f"{path}.node", available),
+            "skip": lambda step, path, available: available,
+            "sequence": self._sequence,
+            "fanout": self._fanout,
+            "switch": self._switch,
+            "split": self._split,
+            "shadow": self._shadow,
+        }
+        assert set(self._kinds) == STEP_KINDS
+
+    def walk(self, step: Step, path: str, available: frozenset[str]) -> frozenset[str]:
+        for text, where in step.references(path):  # read when the step starts
+            self.problems.extend(_reference_problems(self.spec, text, where, available))
+        if step.slot:
+            self._name(step, path)
+        after = self._kinds[step.kind](step, path, available)
+        return after | {step.name} if step.slot else after
 
     def _node(self, name: str, path: str, available: frozenset[str]) -> frozenset[str]:
         node = self.spec.nodes.get(name)
@@ -238,48 +206,36 @@ class _FlowWalker:
             self.problems.append(Problem(f"{path}.name", f"{step.name!r} is also the name of {self._named[step.name]}"))
         self._named.setdefault(step.name, path)
 
-    def walk(self, step: Any, path: str, available: frozenset[str]) -> frozenset[str]:
-        """Returns the slots certainly available after `step`."""
-        if isinstance(step, NodeStep):
-            return self._node(step.node, f"{path}.node", available)
-        if isinstance(step, SkipStep):
-            return available
-        if isinstance(step, SequenceStep):
-            for index, child in enumerate(step.steps):
-                available = self.walk(child, f"{path}.steps[{index}]", available)
-            return available
-        if isinstance(step, FanoutStep):
-            after = available
-            for index, branch in enumerate(step.branches):
-                after |= self.walk(branch, f"{path}.branches[{index}]", available)
-            return self._node(step.merge, f"{path}.merge", after)
-        self._name(step, path)
-        if isinstance(step, SwitchStep):
-            branches = []
-            for index, case in enumerate(step.cases):
-                self.problems.extend(_reference_problems(self.spec, case.when.field, f"{path}.cases[{index}].when.field", available))
-                branches.append(self.walk(case.then, f"{path}.cases[{index}].then", available))
-            if step.default is None:
-                self.problems.append(Problem(f"{path}.default", "a switch needs a default (the branch taken when no case matches)"))
-            else:
-                branches.append(self.walk(step.default, f"{path}.default", available))
-            return _common(branches, available) | {step.name}
-        if isinstance(step, SplitStep):
-            total = sum(variant.weight for variant in step.variants)
-            if not math.isclose(total, 1.0, abs_tol=1e-9):
-                self.problems.append(Problem(f"{path}.variants", f"weights sum to {total:g}, must be 1"))
-            names = [variant.name for variant in step.variants]
-            for duplicate in sorted({n for n in names if names.count(n) > 1}):
-                self.problems.append(Problem(f"{path}.variants", f"variant {duplicate!r} appears twice"))
-            if step.sticky_key:
-                self.problems.extend(_reference_problems(self.spec, step.sticky_key, f"{path}.sticky_key", available))
-            branches = [self.walk(v.then, f"{path}.variants[{i}].then", available) for i, v in enumerate(step.variants)]
-            return _common(branches, available) | {step.name}
-        if isinstance(step, ShadowStep):
-            primary = self.walk(step.primary, f"{path}.primary", available)
-            self.walk(step.candidate, f"{path}.candidate", available)  # its slots stay in the shadow's own state
-            return primary | {step.name}
-        raise TypeError(f"unknown step {type(step).__name__}")  # pragma: no cover
+    def _branches(self, step: Step, path: str, available: frozenset[str]) -> list[frozenset[str]]:
+        return [self.walk(child, child_path, available) for child, child_path in step.children(path)]
+
+    def _sequence(self, step: Any, path: str, available: frozenset[str]) -> frozenset[str]:
+        for child, child_path in step.children(path):
+            available = self.walk(child, child_path, available)
+        return available
+
+    def _fanout(self, step: Any, path: str, available: frozenset[str]) -> frozenset[str]:
+        after = available.union(*self._branches(step, path, available))
+        return self._node(step.merge, f"{path}.merge", after)
+
+    def _switch(self, step: Any, path: str, available: frozenset[str]) -> frozenset[str]:
+        branches = self._branches(step, path, available)
+        if step.default is None:
+            self.problems.append(Problem(f"{path}.default", "a switch needs a default (the branch taken when no case matches)"))
+        return _common(branches, available)
+
+    def _split(self, step: Any, path: str, available: frozenset[str]) -> frozenset[str]:
+        total = sum(variant.weight for variant in step.variants)
+        if not math.isclose(total, 1.0, abs_tol=1e-9):
+            self.problems.append(Problem(f"{path}.variants", f"weights sum to {total:g}, must be 1"))
+        names = [variant.name for variant in step.variants]
+        for duplicate in sorted({n for n in names if names.count(n) > 1}):
+            self.problems.append(Problem(f"{path}.variants", f"variant {duplicate!r} appears twice"))
+        return _common(self._branches(step, path, available), available)
+
+    def _shadow(self, step: Any, path: str, available: frozenset[str]) -> frozenset[str]:
+        primary, _candidate = self._branches(step, path, available)  # the candidate's slots stay in its own state
+        return primary
 
 
 def _common(branches: Iterable[frozenset[str]], base: frozenset[str]) -> frozenset[str]:
@@ -310,31 +266,9 @@ def check_bound(spec: GraphSpec, fields: dict[str, set[str] | None], root: str =
         for key, value in node.inputs.items():
             for index, text in enumerate(value if isinstance(value, list) else [value]):
                 look(text, f"{root}.nodes.{name}.inputs.{key}" + (f"[{index}]" if isinstance(value, list) else ""))
-    for step, path in _steps_with_paths(spec.flow, f"{root}.flow"):
-        if isinstance(step, SwitchStep):
-            for index, case in enumerate(step.cases):
-                look(case.when.field, f"{path}.cases[{index}].when.field")
-        if isinstance(step, SplitStep) and step.sticky_key:
-            look(step.sticky_key, f"{path}.sticky_key")
+    for step, path in walk(spec.flow, f"{root}.flow"):
+        for text, where in step.references(path):
+            look(text, where)
     for field, text in spec.output.items():
         look(text, f"{root}.output.{field}")
     return problems
-
-
-def _steps_with_paths(step: Any, path: str) -> Iterator[tuple[Any, str]]:
-    yield step, path
-    if isinstance(step, SequenceStep):
-        children = [(s, f"{path}.steps[{i}]") for i, s in enumerate(step.steps)]
-    elif isinstance(step, SwitchStep):
-        children = [(c.then, f"{path}.cases[{i}].then") for i, c in enumerate(step.cases)]
-        children += [(step.default, f"{path}.default")] if step.default else []
-    elif isinstance(step, FanoutStep):
-        children = [(s, f"{path}.branches[{i}]") for i, s in enumerate(step.branches)]
-    elif isinstance(step, SplitStep):
-        children = [(v.then, f"{path}.variants[{i}].then") for i, v in enumerate(step.variants)]
-    elif isinstance(step, ShadowStep):
-        children = [(step.primary, f"{path}.primary"), (step.candidate, f"{path}.candidate")]
-    else:
-        children = []
-    for child, child_path in children:
-        yield from _steps_with_paths(child, child_path)

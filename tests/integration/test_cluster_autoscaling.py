@@ -4,7 +4,7 @@ The session's head runs Ray's autoscaler with the fake multi-node provider;
 its worker node types are the RayService's worker groups, derived by Ray's
 own KubeRay code from kuberay/rendered/rayservice.yaml
 (kuberay/local_cluster.py). A graph that asks for a GPU makes the
-autoscaler add a `gpu` worker; `python -m apps.deploy` updates the graph on
+autoscaler add a `gpu` worker; `python -m cli.deploy` updates the graph on
 that two-node cluster in place; when the graph goes, the idle worker goes.
 """
 from __future__ import annotations

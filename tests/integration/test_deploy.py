@@ -1,4 +1,4 @@
-"""`python -m apps.deploy`: `serve deploy` to a running cluster, with the
+"""`python -m cli.deploy`: `serve deploy` to a running cluster, with the
 whole config checked first. A bad config changes nothing on the cluster; a
 good one updates the running graphs in place."""
 from __future__ import annotations
@@ -25,7 +25,7 @@ REQUEST = {"user_id": 5, "item_ids": [1, 2, 3, 4], "k": 2, "explain": False}
 def deploy_cli(config: dict, tmp_path: Path, dashboard_url: str) -> subprocess.CompletedProcess:
     path = tmp_path / "serve-config.yaml"
     path.write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-m", "apps.deploy", str(path), "--address", dashboard_url]
+    command = [sys.executable, "-m", "cli.deploy", str(path), "--address", dashboard_url]
     return subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
 
 

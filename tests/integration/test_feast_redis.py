@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from deployments.errors import BackendTimeout, BackendUnavailable
-from deployments.feature_lookup import FeatureLookup, FeatureLookupConfig
+from deployments.nodes.feature_lookup import FeatureLookup, FeatureLookupConfig
 from local_stack import feast_setup
 from local_stack.redis_server import RedisServer
 from local_stack.supervisor import Supervisor

@@ -134,14 +134,14 @@ def test_a_torch_node_refuses_an_onnx_only_version_clearly(stack):
             "output": {"scores": "ranker.scores"},
         }
     }
-    from deployments.torch_model import NotATorchModel
+    from deployments.nodes.torch_model import NotATorchModel
 
     with pytest.raises(NotATorchModel, match=r"ranker version 1 \(@champion\) has no pytorch flavor \(flavors: onnx, python_function\)"):
         in_process(args)
 
 
 def _feature_names(stack) -> list[str]:
-    from deployments.feature_lookup import FeatureLookup, FeatureLookupConfig
+    from deployments.nodes.feature_lookup import FeatureLookup, FeatureLookupConfig
 
     return FeatureLookup(FeatureLookupConfig()).feature_names
 

@@ -1,4 +1,4 @@
-"""API keys, the body limit and request ids on a served graph (apps.security,
+"""API keys, the body limit and request ids on a served graph (deployments.http.security,
 switched on by the recommend app's `http:` args), through Serve's HTTP path."""
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Two copies of the recommend graph, one replica each, under a burst of 32
 clients: `bounded` relies on Serve's own bounds (`max_ongoing_requests: 2`,
 `max_queued_requests: 2`), `shedding` adds the replica's own limit
-(`http.max_in_flight: 2`, apps/security/shedding.py) under a looser Serve
+(`http.max_in_flight: 2`, deployments/http/security/shedding.py) under a looser Serve
 bound, which answers in the app's JSON shape with Retry-After."""
 from __future__ import annotations
 

@@ -86,7 +86,7 @@ def test_http_protocol_gives_the_same_scores_as_grpc(triton, stack, serve_config
     """The Triton node speaks both protocols against the same server."""
     import asyncio
 
-    from deployments.triton_model import TritonModel, TritonModelConfig
+    from deployments.nodes.triton_model import TritonModel, TritonModelConfig
 
     batch = np.random.default_rng(0).random((5, 12), dtype=np.float32)
 
@@ -113,7 +113,7 @@ def test_a_triton_slow_to_answer_a_new_connection_is_waited_for(triton, stack):
     addresses" during an in-place update under load.)"""
     import asyncio
 
-    from deployments.triton_model import TritonModel, TritonModelConfig
+    from deployments.nodes.triton_model import TritonModel, TritonModelConfig
 
     host, port = triton.grpc_url.rsplit(":", 1)
 
@@ -154,7 +154,7 @@ def test_health_and_readiness(recommend_url):
 
 
 def test_feature_lookup_call_mode_follows_the_online_store(stack):
-    from deployments.feature_lookup import FeatureLookup, FeatureLookupConfig
+    from deployments.nodes.feature_lookup import FeatureLookup, FeatureLookupConfig
 
     repo = str(stack.feast_repo)
     assert FeatureLookup(FeatureLookupConfig(repo_path=repo)).call == "inline"  # SQLite: local file read

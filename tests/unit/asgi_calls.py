@@ -11,7 +11,7 @@ from typing import Any, Iterable, Optional
 
 from fastapi import FastAPI, Request
 
-from apps import security
+from deployments.http import security
 
 
 @dataclass

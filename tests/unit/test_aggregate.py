@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from deployments.aggregate import top_k
+from deployments.nodes.aggregate import top_k
 
 
 def test_returns_best_k_in_descending_order():

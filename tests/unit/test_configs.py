@@ -1,11 +1,10 @@
 """Configs are validated before anything starts, and errors name the key."""
-import subprocess
 import sys
 
 import pytest
 from pydantic import ValidationError
 
-from apps.check import ConfigError, check_config, check_file
+from cli.check import ConfigError, check_config, check_file
 from apps.graph import GraphArgs, parse_args
 from deployments.paths import PROJECT_ROOT
 from tests.servers import load_config
@@ -76,21 +75,28 @@ def test_builder_rejects_bad_args_itself():
     assert "graph.nodes.ranker.triton_model.config.alias" in str(raised.value)
 
 
-def test_check_cli_exit_codes(tmp_path):
+def test_check_cli_exit_codes(tmp_path, monkeypatch, capsys):
+    """`python -m cli.check` runs `main()`: called here in this process (a
+    fresh interpreter would spend its time importing Ray and vLLM)."""
     import yaml
+
+    from cli.check import main
 
     config = load_config()
     config["applications"][0]["args"]["graph"]["nodes"]["ranker"]["config"]["timout_s"] = 1
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(config))
-    # Both at once: each is a fresh interpreter importing Ray and vLLM.
-    bad_run, good_run = (subprocess.Popen([sys.executable, "-m", "apps.check", str(path)], stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
-                         for path in (bad, "configs/local.yaml"))
-    (_, bad_err), (_, good_err) = bad_run.communicate(timeout=120), good_run.communicate(timeout=120)
-    assert bad_run.returncode == 1
-    assert f"{NODES}.ranker.triton_model.config.timout_s: Extra inputs are not permitted" in bad_err
-    assert good_run.returncode == 0, good_err
+    monkeypatch.chdir(PROJECT_ROOT)
+    exits = {}
+    for name, path in (("bad", str(bad)), ("good", "configs/local.yaml")):
+        monkeypatch.setattr(sys, "argv", ["cli.check", path])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        exits[name] = (exited.value.code, capsys.readouterr())
+    assert exits["bad"][0] == 1
+    assert f"{NODES}.ranker.triton_model.config.timout_s: Extra inputs are not permitted" in exits["bad"][1].err
+    assert exits["good"][0] == 0, exits["good"][1].err
+    assert "configs/local.yaml: ok" in exits["good"][1].out
 
 
 

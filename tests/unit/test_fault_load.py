@@ -1,40 +1,30 @@
 """tests/fault_load.py: what a fault run reports, and that the load it runs
-is bounded and leaves nothing behind.
+is bounded and leaves nothing behind (how one answer is classified:
+tests/unit/test_loadgen.py).
 
 The summary tests use synthetic outcomes with hand-computed answers; the
-live tests drive a tiny Starlette app (uvicorn in a thread, loopback) whose
+live tests drive a tiny Starlette app (tests/unit/toggle_server.py) whose
 answers a test flips between healthy, a JSON 503, a plain-text 500 and slow.
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
 
-import httpx
 import pytest
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
-from starlette.routing import Route
 
+from bench.outcomes import Outcome
 from tests.fault_load import (
     LoadRun,
-    Outcome,
     assert_fault_contract,
     error_windows,
     fault_phases,
     format_table,
-    outcome_of_error,
-    outcome_of_response,
     print_report,
     summarize,
 )
-from tests.servers import free_port
-
-JSON_503 = {"error": {"code": "overloaded", "message": "too many requests in flight"}}
+from tests.unit.toggle_server import ToggleServer
 
 
 def ok(started: float, ended: float) -> Outcome:
@@ -51,30 +41,6 @@ def failed(started: float, ended: float, status: int = 503, clear: bool = True) 
 
 def transport(started: float, ended: float, kind: str = "timeout") -> Outcome:
     return Outcome(started, ended, 0, kind, (ended - started) * 1000.0)
-
-
-# -- classifying one answer ---------------------------------------------------
-
-
-def test_classifies_answers_by_status_and_body_shape():
-    shed = outcome_of_response(httpx.Response(503, json=JSON_503, headers={"Retry-After": "2"}), 1.0, 1.25)
-    assert (shed.status, shed.kind, shed.error_code, shed.body_is_json_error, shed.retry_after) == (
-        503, "http_503", "overloaded", True, "2")
-    assert shed.latency_ms == pytest.approx(250.0) and not shed.ok
-
-    plain = outcome_of_response(httpx.Response(500, text="Internal Server Error"), 1.0, 1.1)
-    assert (plain.kind, plain.error_code, plain.body_is_json_error, plain.retry_after) == ("http_500", None, False, None)
-    assert plain.body_snippet == "Internal Server Error"
-    # JSON, but not the apps' shape (FastAPI's default 422 body; an error without a message)
-    assert not outcome_of_response(httpx.Response(422, json={"detail": [{"loc": ["body"]}]}), 0, 1).body_is_json_error
-    assert not outcome_of_response(httpx.Response(500, json={"error": {"code": "x"}}), 0, 1).body_is_json_error
-    assert outcome_of_response(httpx.Response(200, json={"items": []}), 0, 1).ok
-
-    assert outcome_of_error(httpx.ReadTimeout("slow"), 0, 1).kind == "timeout"
-    assert outcome_of_error(TimeoutError(), 0, 1).kind == "timeout"  # the hard per-request deadline
-    refused = outcome_of_error(httpx.ConnectError("refused"), 0, 1)
-    assert (refused.kind, refused.status, refused.transport_failure) == ("connection_error", 0, True)
-    assert outcome_of_error(httpx.RemoteProtocolError("hung up"), 0, 1).kind == "protocol_error"
 
 
 # -- summarize ----------------------------------------------------------------
@@ -214,60 +180,6 @@ def test_table_report_and_contract(capsys):
 
 
 # -- live: a toggled endpoint on loopback ------------------------------------
-
-
-class Toggle:
-    """The endpoint a live test drives: `mode` decides the next answers."""
-
-    def __init__(self, slow_s: float) -> None:
-        self.mode = "healthy"
-        self.slow_s = slow_s
-        self.served_503: list[float] = []  # monotonic times: the span the server actually failed
-        self.answered = 0
-
-    async def work(self, request: Request):
-        await request.body()
-        mode = self.mode
-        if mode == "every_other":  # one of two replicas still failing
-            self.answered += 1
-            mode = "failing" if self.answered % 2 else "healthy"
-        if mode == "failing":
-            self.served_503.append(time.monotonic())
-            return JSONResponse(JSON_503, status_code=503, headers={"Retry-After": "1"})
-        if mode == "unclear":
-            return PlainTextResponse("Internal Server Error", status_code=500)
-        if mode == "slow":
-            await asyncio.sleep(self.slow_s)
-        return JSONResponse({"items": [1, 2, 3]})
-
-
-class ToggleServer:
-    """uvicorn in a thread on 127.0.0.1, stopped (and joined) on exit."""
-
-    def __init__(self, slow_s: float = 0.8) -> None:
-        self.toggle = Toggle(slow_s)
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}/work"
-        app = Starlette(routes=[Route("/work", self.toggle.work, methods=["POST"])])
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                                lifespan="off", timeout_graceful_shutdown=2)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name=f"toggle-uvicorn-{port}", daemon=True)
-
-    def __enter__(self) -> ToggleServer:
-        self.thread.start()
-        deadline = time.monotonic() + 5
-        while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if not self.server.started:
-            self.__exit__(None, None, None)
-            raise RuntimeError(f"uvicorn did not start on {self.url}")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(5)
-        assert not self.thread.is_alive(), "uvicorn thread did not stop"
 
 
 def open_sockets() -> int:

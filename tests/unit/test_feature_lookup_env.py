@@ -4,7 +4,7 @@ import pytest
 from feast.infra.online_stores.redis import RedisOnlineStoreConfig
 from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
 
-from deployments.feature_lookup import FeatureLookup, FeatureLookupConfig, one_attempt_per_lookup, unset_variables
+from deployments.nodes.feature_lookup import FeatureLookup, FeatureLookupConfig, one_attempt_per_lookup, unset_variables
 from deployments.paths import PROJECT_ROOT
 
 CLUSTER_YAML = PROJECT_ROOT / "configs" / "feast" / "cluster" / "feature_store.yaml"

@@ -3,7 +3,7 @@ import re
 
 
 from apps.graph import load
-from apps.graph_draw import main
+from cli.graph_draw import main
 from deployments.graph.draw import dot, layout, mermaid
 
 

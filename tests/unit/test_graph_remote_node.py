@@ -33,7 +33,7 @@ class StandInHandle:
 
 
 def node(handle) -> RemoteNode:
-    return RemoteNode("ranker", handle, {"fields": ["scores"], "join_keys": None})
+    return RemoteNode("ranker", handle, {"fields": ["scores"], "join_keys": None, "records_scores": True})
 
 
 def test_a_replica_that_died_mid_call_is_retried_elsewhere():

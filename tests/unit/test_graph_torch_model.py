@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from apps.graph import in_process
-from deployments.torch_model import TorchModel, TorchModelConfig
+from deployments.nodes.torch_model import TorchModel, TorchModelConfig
 from tests.graph_callables import graph_args, py, sequence
 
 

@@ -102,7 +102,7 @@ def test_autoscaling_config_is_checked_against_ray_serve():
     nodes = {"d": {**py("double", value="request.x"), "placement": "deployment", "autoscaling_config": {"min_replicas": 3, "max_replicas": 1}}}
     found = problems(graph_args(nodes, sequence("d"), {"y": "d"}))
     assert found == {
-        "graph.nodes.d.python.autoscaling_config": "Value error, max_replicas (1) must be greater than or equal to min_replicas (3)!"
+        "graph.nodes.d.python.autoscaling_config": "max_replicas (1) must be greater than or equal to min_replicas (3)!"
     }
 
 
@@ -121,7 +121,7 @@ def test_an_unknown_kind():
 def test_a_python_callable_that_does_not_import():
     nodes = {"d": {"kind": "python", "config": {"callable": "tests.graph_callables:nope"}}}
     found = problems(graph_args(nodes, sequence("d"), {"y": "d"}))
-    assert found == {"graph.nodes.d.python.config.callable": "Value error, module 'tests.graph_callables' has no attribute 'nope'"}
+    assert found == {"graph.nodes.d.python.config.callable": "module 'tests.graph_callables' has no attribute 'nope'"}
 
 
 def test_inputs_must_match_the_callable_s_parameters():

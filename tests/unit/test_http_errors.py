@@ -3,7 +3,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from apps import http_errors
+from deployments.http import app as http_app
 from pydantic import BaseModel, ConfigDict, StrictInt
 from deployments.errors import BackendTimeout, BackendUnavailable, InvalidInput, NotFound
 
@@ -19,7 +19,7 @@ from deployments.errors import BackendTimeout, BackendUnavailable, InvalidInput,
     ],
 )
 def test_field_path(loc, path):
-    assert http_errors.field_path(loc) == path
+    assert http_app.request_field_path(loc) == path
 
 
 def test_error_bodies():
@@ -44,7 +44,7 @@ class RecommendRequest(BaseModel):
 
 
 def test_handlers_shape_fastapi_errors():
-    app = http_errors.install(FastAPI())
+    app = http_app.install(FastAPI())
 
     @app.post("/r")
     async def r(request: RecommendRequest):

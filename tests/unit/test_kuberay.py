@@ -12,7 +12,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from apps.check import check_file
+from cli.check import check_file
 from deployments.paths import PROJECT_ROOT
 from kuberay import cel_rules, crd, render, validate
 from kuberay.spec import ClusterSpec, load_spec

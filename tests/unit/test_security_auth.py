@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect
 
-from apps.security import ApiKeySource, HttpSecurity, KeyRing, KeyUnavailable
+from deployments.http.security import ApiKeySource, HttpSecurity, KeyRing, KeyUnavailable
 from tests.unit.asgi_calls import call, tiny_app
 
 PRIMARY = "sg-primary-0123456789abcdef"
@@ -104,7 +104,7 @@ def test_two_named_keys_rotate_and_the_app_learns_which_was_used(client):
 def test_a_key_is_compared_with_every_configured_key_in_constant_time(keys, monkeypatch):
     import hmac
 
-    from apps.security import keys as key_module
+    from deployments.http.security import keys as key_module
 
     compared, original = [], hmac.compare_digest
 

@@ -8,8 +8,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from apps import security
-from apps.security import ApiKeyAuth, BodyLimit, HttpSecurity, RequestId
+from deployments.http import security
+from deployments.http.security import ApiKeyAuth, BodyLimit, HttpSecurity, RequestId
 from tests.unit.asgi_calls import tiny_app
 
 KEY = "sg-primary-0123456789abcdef"

@@ -91,7 +91,7 @@ def test_openai_format_names_the_limit_in_the_message():
 def test_past_max_in_flight_a_request_is_shed_at_once_with_retry_after():
     import asyncio
 
-    from apps.security import InFlightLimit
+    from deployments.http.security import InFlightLimit
 
     release = asyncio.Event()
 

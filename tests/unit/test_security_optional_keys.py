@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from apps.security import ApiKeySource, HttpSecurity, KeyAbsent, KeyRing, KeyUnavailable
+from deployments.http.security import ApiKeySource, HttpSecurity, KeyAbsent, KeyRing, KeyUnavailable
 from tests.unit.asgi_calls import tiny_app
 
 PRIMARY = "sg-primary-0123456789abcdef"

@@ -9,7 +9,7 @@ import pytest
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
-from apps.security import RequestIdFilter, current_request_id, log_request_ids
+from deployments.http.security import RequestIdFilter, current_request_id, log_request_ids
 from tests.unit.asgi_calls import call, call_async, tiny_app
 
 GENERATED = re.compile(r"[0-9a-f]{32}")

@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import ProxyTracerProvider, StatusCode, Tracer
 
-from apps.security.request_id import current_request_id
+from deployments.http.security.request_id import current_request_id
 from deployments.errors import BackendTimeout
 from deployments.graph.errors import NodeFailed
 from deployments.graph.tracing import node_span, step_span

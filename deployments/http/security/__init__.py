@@ -3,11 +3,11 @@ they may send (a body limit), and which request a log line belongs to
 (request ids). Three small ASGI middlewares, installed together from one
 typed config:
 
-    from apps import security
+    from deployments.http import security
     security.install(api, security.HttpSecurity(api_keys=[{"name": "primary", "env": "SG_KEY_PRIMARY"}]))
 
 Order, outermost first: RequestId -> ApiKeyAuth -> InFlightLimit (when
-`max_in_flight` is set: load shedding, apps/security/shedding.py) ->
+`max_in_flight` is set: load shedding, deployments/http/security/shedding.py) ->
 BodyLimit -> the app.
 
 - RequestId outermost, so every response the others produce (401, 413, 400)
@@ -28,12 +28,12 @@ from typing import Annotated, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.applications import Starlette
 
-from apps.security.auth import DEFAULT_EXEMPT_PATHS, ApiKeyAuth, presented_key
-from apps.security.errors import ErrorFormat, error_body
-from apps.security.keys import ApiKeySource, KeyAbsent, KeyRing, KeyUnavailable
-from apps.security.limits import BodyLimit
-from apps.security.shedding import InFlightLimit
-from apps.security.request_id import RequestId, RequestIdFilter, current_request_id, log_request_ids
+from deployments.http.security.auth import DEFAULT_EXEMPT_PATHS, ApiKeyAuth, presented_key
+from deployments.http.security.errors import ErrorFormat, error_body
+from deployments.http.security.keys import ApiKeySource, KeyAbsent, KeyRing, KeyUnavailable
+from deployments.http.security.limits import BodyLimit
+from deployments.http.security.shedding import InFlightLimit
+from deployments.http.security.request_id import RequestId, RequestIdFilter, current_request_id, log_request_ids
 
 __all__ = [
     "ApiKeyAuth",
@@ -76,7 +76,7 @@ class HttpSecurity(BaseModel):
     echo_request_id: bool = Field(True, description="Set X-Request-ID on responses (Ray Serve's proxy also does).")
     max_in_flight: Optional[int] = Field(
         None, gt=0, description="Shed load: past this many requests running in the replica, 503 with Retry-After "
-        "(apps/security/shedding.py); set it below the deployment's max_ongoing_requests. Off when absent.",
+        "(deployments/http/security/shedding.py); set it below the deployment's max_ongoing_requests. Off when absent.",
     )
     retry_after_s: int = Field(1, ge=1, description="Retry-After of a shed request, in seconds.")
 

@@ -1,4 +1,6 @@
-"""The LLM node: one chat completion per call, in one of two modes.
+"""The `llm` node kind: one chat completion of a prompt rendered from
+`prompt_template` (str.format; every template field is an input), in one of
+two modes. Output: {text, model}.
 
 - `embedded`: a vLLM engine in a Serve deployment of the graph's own
   application (`ray.serve.llm`'s LLMServer; model from the registry, engine
@@ -21,6 +23,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 from deployments.llm_engine import LLMModelConfig
+from deployments.nodes.base import Node, NodeSpec
 
 
 class _Sampling(BaseModel):
@@ -161,3 +164,41 @@ def _checked_template(template: str) -> str:
 
 PromptTemplate = Annotated[str, AfterValidator(_checked_template)]
 """A `str.format` template, checked to parse when the config is read."""
+
+
+class LLMNode(NodeSpec):
+    """A chat completion of a rendered prompt (module docstring)."""
+
+    kind: Literal["llm"]
+    config: LLMNodeConfig
+    prompt_template: PromptTemplate = Field(min_length=1)
+
+    def inputs_taken(self) -> tuple[set[str], Optional[set[str]]]:
+        return template_fields(self.prompt_template), set()
+
+    def companion(self, name: str) -> Any:
+        """`mode: embedded`: its engine, ray.serve.llm's LLMServer, in the graph's application."""
+        if not isinstance(self.config, EmbeddedLLMConfig):
+            return None
+        from deployments.llm_engine import llm_deployment, resolve
+
+        engine = self.config.engine
+        return llm_deployment(engine, resolve(engine), name_prefix=f"GraphLLM:{name}:")
+
+    def build(self, companion: Any = None) -> Node:
+        if isinstance(self.config, EmbeddedLLMConfig) and companion is None:
+            raise ValueError("an embedded LLM runs in the graph's Serve application: in-process, use mode: remote")
+        return LLMRunner(self, companion)
+
+
+class LLMRunner(Node):
+    def __init__(self, spec: LLMNode, engine: Any = None):
+        self.spec = spec
+        self.llm = llm_node(spec.config, engine)
+
+    def fields(self) -> set[str]:
+        return {"text", "model"}
+
+    async def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        completion = await self.llm.chat(render(self.spec.prompt_template, inputs))
+        return {"text": completion.text.strip(), "model": self.spec.config.model_name}

@@ -10,26 +10,24 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from deployments.errors import GraphError
+from deployments.errors import GraphError, error_body
+from deployments.field_paths import field_path
 
 
-def field_path(loc: tuple) -> str:
-    """("body", "item_ids", 2) -> "item_ids[2]"; a body that is not JSON -> "body"."""
+def request_field_path(loc: tuple) -> str:
+    """FastAPI's ("body", "item_ids", 2) -> "item_ids[2]"; a body that is not JSON -> "body"."""
     parts = list(loc[1:] if loc and loc[0] in ("body", "query", "path") else loc)
     if not parts or (loc and loc[0] == "body" and isinstance(parts[0], int)):
         return "body"
-    path = ""
-    for part in parts:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path
+    return field_path(parts)
 
 
 def install(app: FastAPI) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = [{"field": field_path(tuple(e.get("loc", ()))), "reason": e.get("msg", "invalid")} for e in exc.errors()]
+        fields = [{"field": request_field_path(tuple(e.get("loc", ()))), "reason": e.get("msg", "invalid")} for e in exc.errors()]
         message = "; ".join(f"{f['field']}: {f['reason']}" for f in fields)
-        return JSONResponse({"error": {"code": "invalid_request", "message": message, "fields": fields}}, status_code=422)
+        return JSONResponse(error_body("project", "invalid_request", message, fields=fields), status_code=422)
 
     @app.exception_handler(GraphError)
     async def _graph_error(_: Request, exc: GraphError) -> JSONResponse:

@@ -24,8 +24,8 @@ from typing import Iterable, Optional
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from apps.security.errors import ErrorFormat, send_error
-from apps.security.keys import KeyRing
+from deployments.http.security.errors import ErrorFormat, send_error
+from deployments.http.security.keys import KeyRing
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ then validates its `args` against the builder's pydantic type. Every bad key
 or value is reported with its path (`applications[0].args.ranker.timout_s`)
 instead of surfacing as a failed deployment later.
 
-    python -m apps.check configs/local.yaml
+    python -m cli.check configs/local.yaml
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from typing import Any, Iterator
 import yaml
 from pydantic import BaseModel, ValidationError
 from ray.serve.schema import ServeDeploySchema
+
+from deployments.field_paths import reasons
 
 
 class ConfigError(ValueError):
@@ -42,11 +44,7 @@ def _builder_args_type(import_path: str) -> type[BaseModel] | None:
 
 
 def _format(prefix: str, error: ValidationError) -> str:
-    lines = []
-    for e in error.errors():
-        path = prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"])
-        lines.append(f"{path}: {e['msg']}")
-    return "\n".join(lines)
+    return "\n".join(f"{path}: {reason}" for path, reason in reasons(error, root=prefix))
 
 
 def _models(annotation: Any) -> list[type[BaseModel]]:
@@ -115,8 +113,7 @@ def _autoscaling_problems(config: dict) -> list[str]:
                 try:
                     AutoscalingConfig.model_validate(autoscaling)
                 except ValidationError as error:
-                    lines = _format(f"applications[{a}].deployments[{d}].autoscaling_config", error).splitlines()
-                    found += [line.replace(": Value error, ", ": ", 1) for line in lines]
+                    found += _format(f"applications[{a}].deployments[{d}].autoscaling_config", error).splitlines()
     return found
 
 

@@ -1,11 +1,11 @@
 """`serve deploy`, with the whole config checked first.
 
-    python -m apps.deploy configs/cluster.yaml --address http://127.0.0.1:8265
+    python -m cli.deploy configs/cluster.yaml --address http://127.0.0.1:8265
 
 `serve deploy` alone checks only the file's shape: a misspelt key is dropped
 silently, and a bad application `args` value is found on the cluster, where
 the application goes to DEPLOY_FAILED. Here the config goes through
-`apps.check` (unknown keys, autoscaling values, each application's typed
+`cli.check` (unknown keys, autoscaling values, each application's typed
 args) and, when anything is wrong, nothing is sent: the running graphs are
 not touched and the bad keys are printed with their paths (exit code 2).
 A valid config is handed to `serve deploy` itself (the dashboard's REST
@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from apps.check import ConfigError, check_file
+from cli.check import ConfigError, check_file
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,23 +1,34 @@
-"""Triton model node: KServe v2 inference through `tritonclient`'s asyncio
-clients (gRPC by default, HTTP selectable). The model version is resolved
-from an MLflow alias at start-up and, with `alias_poll_s`, again every so
-often: moving the alias in the registry rolls the running graph to the new
-version without a redeploy, once Triton serves it (a version Triton lacks
-is refused, loudly, and the old one keeps serving). One client (one channel
-/ connection pool) is reused for every call; every call is bounded by a
-timeout."""
+"""The `triton_model` node kind: KServe v2 inference on Triton through
+`tritonclient`'s asyncio clients (gRPC by default, HTTP selectable).
+
+    ranker:
+      kind: triton_model
+      config: {url: 127.0.0.1:8101, model: ranker, alias: champion}
+      inputs: {features: features}
+
+The model version is resolved from an MLflow alias at start-up and, with
+`alias_poll_s`, again every so often: moving the alias in the registry rolls
+the running graph to the new version without a redeploy, once Triton serves
+it (a version Triton lacks is refused, loudly, and the old one keeps
+serving). One client (one channel / connection pool) is reused for every
+call; every call is bounded by a timeout.
+
+inputs: `features` (a feature lookup's output, its columns taken in the
+order the version recorded, or a matrix). Output: {scores, model}."""
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.errors import BackendTimeout, BackendUnavailable
 from deployments.local_supervision import supervisor_note
-from deployments.registry import ModelRef, resolve_alias
+from deployments.nodes.base import Node, NodeSpec
+from deployments.nodes.feature_lookup import FeatureFrame
+from deployments.registry import ModelRef, resolve_alias, served
 
 logger = logging.getLogger(__name__)
 
@@ -172,3 +183,43 @@ class TritonModel:
 def _short(error: Exception) -> str:
     text = str(error).strip().splitlines()
     return text[0][:300] if text else type(error).__name__
+
+
+class TritonModelNode(NodeSpec):
+    """A model on Triton, its version from an MLflow alias (module docstring)."""
+
+    kind: Literal["triton_model"]
+    config: TritonModelConfig
+    required_inputs: ClassVar[frozenset[str]] = frozenset({"features"})
+
+    def build(self, companion: Any = None) -> Node:
+        return TritonRunner(self)
+
+
+class TritonRunner(Node):
+    records_scores = True
+
+    def __init__(self, spec: TritonModelNode):
+        self.model = TritonModel(spec.config)
+
+    def fields(self) -> set[str]:
+        return {"scores", "model"}
+
+    async def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        features = inputs["features"]
+        ref = self.model.current()
+        if isinstance(features, FeatureFrame):
+            missing = sorted(set(ref.input_features) - set(features.values))
+            if not ref.input_features or missing:
+                raise ValueError(f"{ref.name} v{ref.version} needs features {missing or '(none recorded)'} that the input lacks")
+            batch = features.matrix(ref.input_features)
+        else:
+            batch = np.asarray(features, dtype=np.float32)
+        scores = await self.model.infer(batch, ref)
+        return {"scores": [float(s) for s in scores], "model": served(ref).model_dump()}
+
+    async def ready(self) -> tuple[bool, str]:
+        return await self.model.ready()
+
+    async def close(self) -> None:
+        await self.model.close()

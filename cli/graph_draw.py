@@ -1,6 +1,6 @@
 """Draw a graph config: Mermaid text on stdout (or --out), an image with --png.
 
-    python -m apps.graph_draw configs/local.yaml [--app NAME] [--out graph.mmd] [--png graph.png]
+    python -m cli.graph_draw configs/local.yaml [--app NAME] [--out graph.mmd] [--png graph.png]
 
 The config is validated first (a bad graph prints its problems, exit 1). The
 image is rendered offline by Graphviz's `dot` from the same layout as the

@@ -1,4 +1,4 @@
-"""A PyTorch model run inside the replica (the seed architecture's CPU-only
+"""The `torch_model` node kind: a PyTorch model run inside the replica (the seed architecture's CPU-only
 TorchServe role), loaded from the MLflow registry by alias.
 
 `models:/<name>@<alias>` is resolved through the registry given in the
@@ -7,16 +7,20 @@ downloaded and loaded with `mlflow.pytorch.load_model`. The version's
 `input_features` tag gives the input column order, as for the Triton node.
 A registered version without a `pytorch` flavor (an ONNX-only export, like
 the local stack's `ranker`) fails at load with that reason.
+
+inputs and output as for `triton_model`: `features` -> {scores, model}.
+`device: cuda` needs a GPU, so only a node placed apart can ask for it.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from deployments.feature_lookup import FeatureFrame
+from deployments.nodes.base import Node, NodeSpec
+from deployments.nodes.feature_lookup import FeatureFrame
 from deployments.registry import ModelRef, download_version, resolve_alias, served
 
 
@@ -53,8 +57,9 @@ def _inference_module(loaded: Any) -> Any:
         return loaded
 
 
-class TorchModel:
+class TorchModel(Node):
     backend = "torch"
+    records_scores = True
 
     def __init__(self, config: TorchModelConfig):
         import mlflow.pytorch
@@ -87,7 +92,30 @@ class TorchModel:
             out = self.module(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device))
         return out.reshape(len(batch)).cpu().numpy()
 
+    def fields(self) -> set[str]:
+        return {"scores", "model"}
+
     async def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """{"features": a FeatureFrame or a matrix} -> {"scores": [...], "model": name/version/alias}."""
         scores = self.infer(self.matrix(inputs["features"]))
         return {"scores": scores.tolist(), "model": served(self.ref).model_dump()}
+
+
+class TorchModelNode(NodeSpec):
+    """A PyTorch model from MLflow run in the replica (module docstring)."""
+
+    kind: Literal["torch_model"]
+    config: TorchModelConfig
+    required_inputs: ClassVar[frozenset[str]] = frozenset({"features"})
+
+    @model_validator(mode="after")
+    def _cuda_needs_its_own_deployment(self):
+        if self.config.device == "cuda" and self.placement == "inline":
+            raise ValueError(
+                "config.device cuda: an inline node runs in the calling replica, which has no GPU; "
+                "use placement: deployment with ray_actor_options.num_gpus"
+            )
+        return self
+
+    def build(self, companion: Any = None) -> Node:
+        return TorchModel(self.config)

@@ -1,20 +1,23 @@
-"""A user's own Python callable as a graph node, given by import path
-(`package.module:attribute`).
+"""The `python` node kind: a user's own Python callable, given by import
+path (`package.module:attribute`).
 
 A function is called with the node's resolved inputs as keyword arguments
 (plus the config's `params`); a class is instantiated once with `params`
 and the instance is called with the inputs, so it can hold state (a loaded
 model, a client). Either may be sync or async; a sync callable that blocks
-can be sent to a worker thread with `thread: true`.
+can be sent to a worker thread with `thread: true`. Its inputs are the
+callable's parameters (those `params` does not bind), checked at load.
 """
 from __future__ import annotations
 
 import asyncio
 import importlib
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from deployments.nodes.base import Node, NodeSpec
 
 IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 
@@ -53,7 +56,32 @@ class PythonNodeConfig(BaseModel):
         return path
 
 
-class PythonNode:
+class PythonNode(NodeSpec):
+    """A user's callable by import path, called with the inputs as keyword arguments."""
+
+    kind: Literal["python"]
+    config: PythonNodeConfig
+
+    def inputs_taken(self) -> tuple[set[str], Optional[set[str]]]:
+        """The callable's parameters not bound by `params` (a class: its __call__'s)."""
+        target = import_callable(self.config.callable)
+        try:
+            signature = inspect.signature(target.__call__ if inspect.isclass(target) else target)
+        except (TypeError, ValueError):
+            return set(), None
+        params = [p for p in signature.parameters.values() if p.name != "self"]
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return set(), None
+        bound = set(self.config.params) if not inspect.isclass(target) else set()
+        named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in bound]
+        required = {p.name for p in named if p.default is p.empty}
+        return required, {p.name for p in named} - required
+
+    def build(self, companion: Any = None) -> Node:
+        return PythonCallable(self.config)
+
+
+class PythonCallable(Node):
     def __init__(self, config: PythonNodeConfig):
         self.config = config
         target = import_callable(config.callable)

@@ -18,7 +18,7 @@ import sys
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from apps.security.errors import ErrorFormat, send_error
+from deployments.http.security.errors import ErrorFormat, send_error
 
 logger = logging.getLogger(__name__)
 

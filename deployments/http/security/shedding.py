@@ -17,8 +17,8 @@ from typing import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from apps.security.auth import is_exempt
-from apps.security.errors import ErrorFormat, send_error
+from deployments.http.security.auth import is_exempt
+from deployments.http.security.errors import ErrorFormat, send_error
 
 
 class InFlightLimit:

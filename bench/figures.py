@@ -1,0 +1,72 @@
+"""The benchmarks' figures: latency percentiles and throughput of a timed
+closed-loop run (bench/loadgen.py) against a `/recommend`-shaped endpoint.
+
+Latency and throughput count successful requests only; the others are
+counted as failed, not hidden, so a fast figure made of errors shows.
+"""
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from bench.loadgen import ClosedLoop
+from bench.outcomes import Outcome
+
+# Generous: a benchmark measures a server that answers, and a request this
+# slow counts as failed rather than stretching the run.
+REQUEST_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Result:
+    concurrency: int
+    ok: int
+    failed: int
+    seconds: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+    @property
+    def rps(self) -> float:
+        return self.ok / self.seconds
+
+    @classmethod
+    def of(cls, concurrency: int, outcomes: Sequence[Outcome], seconds: float) -> Result:
+        """numpy's (linear) percentiles of the successes' latencies; NaN without any."""
+        latencies = [o.latency_ms for o in outcomes if o.ok]
+        p50, p95, p99 = np.percentile(latencies, [50, 95, 99]) if latencies else (float("nan"),) * 3
+        return cls(concurrency, len(latencies), len(outcomes) - len(latencies), seconds, float(p50), float(p95), float(p99))
+
+
+def payload(rng: random.Random) -> dict:
+    """A /recommend request: a random user and 20 consecutive candidates."""
+    start = rng.randint(1, 480)
+    return {"user_id": rng.randint(1, 1000), "item_ids": list(range(start, start + 20)), "k": 5}
+
+
+async def run(url: str, concurrency: int, seconds: float, warmup: int = 20) -> Result:
+    """`warmup` requests one after another (not measured), then `concurrency`
+    clients for `seconds`; each client draws its payloads from its own seeded
+    generator, so that runs send the same mix of users and candidates."""
+    load = ClosedLoop(url, concurrency, REQUEST_TIMEOUT_S)
+    outcomes: list[Outcome] = []
+    async with load.client() as client:
+        rng = random.Random(concurrency)
+        for _ in range(warmup):
+            await load.send(client, payload(rng))
+        generators = [random.Random(index) for index in range(concurrency)]
+        deadline = time.monotonic() + seconds
+        started = time.monotonic()
+        await load.run(
+            client,
+            lambda index: payload(generators[index]),
+            may_start=lambda: time.monotonic() < deadline,
+            record=outcomes.append,
+        )
+        elapsed = time.monotonic() - started
+    return Result.of(concurrency, outcomes, elapsed)

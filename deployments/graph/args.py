@@ -1,0 +1,80 @@
+"""The typed `args:` of a graph application, validated once where the
+config is read (`serve run`/`serve deploy` call the builder with them;
+`load` reads a file; `python -m cli.check` checks one):
+
+    applications:
+      - name: recommend
+        import_path: apps.graph:build
+        args:
+          graph: {name: ..., request: ..., nodes: ..., flow: ..., output: ...}
+          http: {api_keys: [...]}          # optional (deployments/http/security)
+
+Pydantic checks each key's type and each node kind's settings; the
+whole-graph checks of deployments/graph/validate.py run in the validator,
+so a bad graph fails here, every problem named by its path. What runs gets
+this object, never a dict to check again.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from deployments.field_paths import reasons
+from deployments.graph.spec import GraphSpec
+from deployments.graph.validate import GraphSpecError, Problem, validate
+from deployments.http.security import HttpSecurity
+
+IMPORT_PATH = "apps.graph:build"
+
+
+class GraphArgs(BaseModel):
+    """Application args of a graph app (the `args:` of its Serve config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    graph: GraphSpec = Field(description="Nodes, flow and output of the graph.")
+    http: Optional[HttpSecurity] = Field(
+        None, description="API keys, body limit, request ids and load shedding (deployments/http/security); none of them when absent."
+    )
+    unhealthy_after_s: float = Field(
+        30.0, gt=0, description="check_health fails (Serve replaces the replica) once a node's backend is unreachable this long."
+    )
+
+    @model_validator(mode="after")
+    def _whole_graph(self):
+        problems = validate(self.graph)
+        if problems:
+            raise GraphSpecError(problems)
+        return self
+
+
+def parse_args(args: Any) -> GraphArgs:
+    """GraphArgs, or GraphSpecError with one Problem per problem (pydantic's
+    errors and the whole-graph ones alike)."""
+    if isinstance(args, GraphArgs):
+        return args
+    try:
+        return GraphArgs.model_validate(args)
+    except ValidationError as error:
+        raise GraphSpecError([Problem(path, reason) for path, reason in reasons(error)]) from None
+
+
+def args_from_config(config: dict[str, Any], app: Optional[str] = None) -> dict[str, Any]:
+    """The graph app's `args` from a full Serve config (the app named `app`, or
+    the only one built by apps.graph:build), or the args themselves."""
+    if "applications" not in config:
+        return config
+    apps = [a for a in config["applications"] if (a.get("name") == app if app else a.get("import_path") == IMPORT_PATH)]
+    if len(apps) != 1:
+        names = [a.get("name") for a in config["applications"]]
+        raise ValueError(f"expected one graph application {('named ' + app) if app else 'built by ' + IMPORT_PATH}, found {len(apps)} in {names}")
+    return apps[0].get("args") or {}
+
+
+def load(path: str | Path, app: Optional[str] = None) -> GraphArgs:
+    """The graph app's args from a Serve config file, validated."""
+    with open(path) as handle:
+        return parse_args(args_from_config(yaml.safe_load(handle), app))
