@@ -5,10 +5,9 @@ per step, a histogram observation per generated token (inter-token latency)
 and several per finished request. ray.serve.llm's `log_engine_metrics`
 records each of them through Ray's metric API (vLLM's
 RayPrometheusStatLogger), and Ray's metrics agent then replays every
-histogram observation one call at a time (ray-project/ray#64852).
-Measured on 2 cores at 3,300 tokens/s: the agent spent ~0.4 s of CPU in a
-burst at every 10 s export, and the platform's TTFT p99 at concurrency 16
-was 398-427 ms against 189-274 ms with this module (README, LLM benchmark).
+histogram observation one call at a time (ray-project/ray#64852): under
+load that replay costs the agent CPU in bursts at every export, and the
+time to first token grows with it (docs/benchmarks.md, LLM benchmark).
 
 Here vLLM records into its own Prometheus metrics, exactly as vLLM's OpenAI
 server does, and `copy_to_ray` copies the `vllm:*` samples into Ray gauges
@@ -29,7 +28,7 @@ from ray.llm._internal.serve.core.server.llm_server import LLMServer
 
 logger = logging.getLogger(__name__)
 
-COPY_INTERVAL_S = 2.0  # a copy costs ~1 ms; Ray's workers export every 10 s by default
+COPY_INTERVAL_S = 2.0  # a copy is cheap; Ray's workers export every 10 s by default
 PREFIX = "vllm:"
 
 

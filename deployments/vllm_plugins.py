@@ -32,14 +32,13 @@ def yield_the_gil_while_waiting() -> None:
     one that would make the holder hand over: so the engine core's output
     thread (it sends the tokens to the API server) may not get the GIL before
     the engine goes idle, and a whole stream's tokens leave together after
-    the last one. Measured on 2 cores: the first token as late as the last in
-    40-100 % of streams, through vLLM's own server as through Ray Serve.
+    the last one: on a small CPU machine, through vLLM's own server as
+    through Ray Serve, the first token often arrived as late as the last.
 
     Sleeping hands the GIL over: each wait sleeps POLL_S, long enough for
     the engine core's input and output threads to be scheduled and take the
-    GIL even while the machine is busy (20 µs was not enough at 16 streams
-    on 2 cores: the first token as late as the last in about half of them),
-    short against a CPU decode step (2-5 ms). Only the engine core process
+    GIL even while the machine is busy (much shorter sleeps were not), and
+    short against a CPU decode step. Only the engine core process
     changes (vLLM names it `EngineCore`); the worker keeps spinning on its
     own core. CPU engines only: GPU engines (steps of tens of milliseconds,
     cores to spare) keep vLLM's waiting, which was not measured to suffer.
@@ -89,12 +88,10 @@ def _wake_without_preempting() -> None:
     preempts the task running on its core: the HTTP front (vLLM's server or
     the Serve replica, and HAProxy) was switched out that often on the one
     core they share with the engine core. A SCHED_BATCH task's wakeups do not
-    preempt; it still gets its fair share of the core. Measured on 2 cores
-    (tiny Llama, 64-token streams, 20 s per level, the policy of the running
-    engine core switched back and forth, two rounds), concurrency 16: vLLM's
-    own server 5,429 / 5,481 against 5,106 / 5,221 tok/s, TTFT p50 14.0 /
-    13.9 against 21.6 / 18.7 ms; the platform TTFT p50 24.1 / 19.4 against
-    35.7 / 35.6 ms. No change at concurrency 8."""
+    preempt; it still gets its fair share of the core. Under many concurrent
+    streams on a small CPU machine this raises throughput and lowers the
+    time to first token of vLLM's own server and the platform alike
+    (docs/benchmarks.md, LLM benchmark)."""
     import os
 
     if not hasattr(os, "SCHED_BATCH") or not os.path.isdir("/proc/self/task"):

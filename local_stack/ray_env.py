@@ -29,9 +29,8 @@ def fast_ingress_env() -> dict[str, str]:
     """Ray 2.60's throughput-optimized mode with HAProxy in front.
 
     gRPC between replicas, and HAProxy on the Serve HTTP port forwarding
-    straight to the ingress replica's own HTTP server (no Python proxy hop).
-    Measured on /recommend (bench/): p50 at concurrency 1 went from 2.3x to
-    1.2x the plain-uvicorn baseline, req/s at 32 from 0.34x to 0.77x.
+    straight to the ingress replica's own HTTP server (no Python proxy hop):
+    the largest single gain of the recommend benchmark (docs/benchmarks.md).
     HAProxy's files go to a short private folder (its admin socket path is
     capped at 97 characters) and its side ports are free ones, so two
     clusters on one host do not collide. Its stats and metrics listeners bind
@@ -82,11 +81,8 @@ def haproxy_env(env: dict[str, str], files: Path) -> dict[str, str]:
 # running there: the replica was switched out in the middle of each write,
 # once per token and stream. A SCHED_BATCH task's wakeups do not preempt, so
 # HAProxy runs when the replica yields and relays a whole engine step's chunks
-# in one go; its share of the CPU is unchanged. Measured on 2 cores (chat app,
-# tiny Llama, 64-token streams, 20 s per level, the running HAProxy's policy
-# switched back and forth, two rounds): at concurrency 8 TTFT p50 13.2 / 14.7
-# against 23.2 / 22.8 ms; at 16 4,414 / 4,684 against 4,267 / 4,158 tok/s and
-# TTFT p50 38.6 / 31.0 against 42.5 / 49.6 ms.
+# in one go; its share of the CPU is unchanged, and streams start sooner
+# (docs/benchmarks.md, LLM benchmark).
 WRAPPER_MARK = "# SCHED_BATCH wrapper (local_stack.ray_env) of "
 
 

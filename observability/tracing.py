@@ -67,9 +67,9 @@ def file_exporter() -> list[SpanProcessor]:
 
     A SimpleSpanProcessor, so a span is in the file (flushed to the OS, not
     fsynced) as soon as it ends, even if the replica dies next; the write
-    happens in the thread that ends the span, the replica's event loop: ~35 µs
-    per span on this machine (encode, write, flush), fine for a laptop or a
-    debugging session, not for a loaded cluster (otlp_exporter there)."""
+    happens in the thread that ends the span, the replica's event loop (an
+    encode, a write and a flush per span): fine for a laptop or a debugging
+    session, not for a loaded cluster (otlp_exporter there)."""
     directory = spans_dir()
     directory.mkdir(parents=True, exist_ok=True)
     return [SimpleSpanProcessor(JsonLinesSpanExporter(directory / f"spans_{os.getpid()}.jsonl"))]

@@ -15,11 +15,10 @@ span to the other replica, where the trace goes on. A shadow's candidate runs in
 a background task that copied the context, so its spans hang under the shadow
 step even after the request's span has ended.
 
-Without a TracerProvider (tests, notebooks, a config without tracing) a span
-costs ~1.4 µs unconfigured (timeit, this machine: an empty `with node_span(...)`;
-OpenTelemetry's own no-op `start_as_current_span` alone costs ~4.5 µs, so we
-skip it, see _GraphSpan). Configured, a recorded span costs what the SDK
-makes it cost (~22 µs here with its five attributes, plus the exporter's share).
+Without a TracerProvider (tests, notebooks, a config without tracing) no span
+is made at all: OpenTelemetry's own no-op `start_as_current_span` costs
+several times this module's check (see _GraphSpan). Configured, a recorded
+span costs what the SDK makes it cost, plus the exporter's share.
 
 Failures: the span records the exception, is marked ERROR with a readable
 description (a GraphError's `message` plus `error.code`; anything else
@@ -84,7 +83,7 @@ class _GraphSpan:
 
     A class, not a @contextmanager, and no span at all while no provider is
     set: OpenTelemetry's own no-op path (proxy tracer, no-op span, context
-    attach/detach) costs ~4.5 µs, this check ~0.7 µs."""
+    attach/detach) costs several times this check."""
 
     __slots__ = ("_tracer", "_name", "_attributes", "_scope", "_span")
 
@@ -105,7 +104,7 @@ class _GraphSpan:
         request_id = _request_id()
         if request_id is not None:
             attributes["request.id"] = request_id
-        # Attributes at the start (the sampler sees them; ~4 µs less than set after).
+        # Attributes at the start: the sampler sees them, and it is cheaper than setting them after.
         self._scope = tracer.start_as_current_span(
             self._name, attributes=attributes, record_exception=False, set_status_on_exception=False
         )
@@ -147,9 +146,8 @@ def _request_id() -> Optional[str]:
     its own deployment sees the same id as the ingress).
 
     Looked up in sys.modules, never imported: when the module is not loaded no
-    app can have set an id, a first span does not pay for importing `apps`
-    (~200 ms of pydantic and starlette in a node's own replica), and there is no
-    cycle (`apps.graph` imports the executor, which imports this module)."""
+    app can have set an id, and a graph run in-process (a notebook) does not
+    pay for importing the HTTP layer."""
     module = sys.modules.get("deployments.http.security.request_id")
     request_id = getattr(module, "current_request_id", None)  # None too while the module is still importing
     chosen = request_id.get() if request_id is not None else None

@@ -98,7 +98,7 @@ def test_serves_own_bounds_shed_the_excess_with_503(urls, serve_config):
     assert {status for status, *_ in loud} == {200, 503} and shed
     # The replica is kept full (2 running, 2 queued): an admitted request
     # waits for a running one to end before its own turn, so it takes longer
-    # than the same request alone (README: 173 against 11 ms). Relative: no
+    # than the same request alone (docs/operations.md, Overload). Relative: no
     # machine is too slow for it.
     assert quiet_p50 < p50([ms for status, ms, _ in loud if status == 200])
     # Serve's own answer: plain text, no Retry-After (hence the replica's limit below)

@@ -4,9 +4,8 @@ once; one more gets 503 at once, with `Retry-After` and a JSON body.
 Why, when Serve bounds its queues (`max_ongoing_requests`,
 `max_queued_requests`): Serve's own rejection is `text/plain` "Request
 dropped due to backpressure" with no `Retry-After`, and it comes only once
-its queue is full, so the admitted requests wait behind that queue (measured
-on the recommend graph, 32 clients: admitted p50 76 ms against 7 ms when
-quiet). Set `max_in_flight` below the deployment's `max_ongoing_requests`:
+its queue is full, so the admitted requests wait behind that queue
+(docs/operations.md, Overload, has the figures). Set `max_in_flight` below the deployment's `max_ongoing_requests`:
 the replica then refuses what it cannot start now, in the app's error shape,
 and what it admits runs without waiting. Health paths are never shed (a
 probe that fails under load would get a busy replica restarted).
