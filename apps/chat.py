@@ -36,6 +36,8 @@ from deployments.http.security.errors import error_body, send_error
 from deployments.llm_engine import LLMModelConfig, llm_deployment, registry_source, resolve
 from deployments.llm_metrics import MeteredLLMServer
 
+__all__ = ["ChatArgs", "ChatHttpSecurity", "build"]
+
 
 class ChatHttpSecurity(security.HttpSecurity):
     """HttpSecurity for an OpenAI-compatible surface: rejections in OpenAI's error shape."""

@@ -1,5 +1,8 @@
-"""Reusable node kinds of inference graphs.
+"""The runtime under the Serve builders: the graph runtime (graph/), the node
+kinds (nodes/), the HTTP layer (http/) and the libraries they share.
 
-Each node kind is a plain async class: it runs inline in the replica that
-calls it, as its own Serve deployment, or in a notebook with no Ray at all.
+Not a public API: users build on `apps.graph` (`build`, `in_process`,
+`load`, `GraphArgs`), `apps.chat:build`, the config schema and the command
+lines in `cli/` (docs/development.md, Layout). Names here may change between
+versions; the node kinds' configs change only with the schema.
 """
