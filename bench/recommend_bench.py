@@ -5,8 +5,12 @@ FastAPI under uvicorn calling the same Feast store and Triton model).
     make bench                       # or: .venv/bin/python bench/recommend_bench.py --seconds 10
 
 Prints p50/p95/p99 and requests/s at concurrency 1, 8 and 32 for each, and
-the platform/baseline ratios. Each Ray Serve variant is a separate `serve run`
-with its own environment, so what each Ray option changes is visible.
+the platform/baseline ratios. Each platform variant is a separate `serve run`
+with its own environment and config: the shipped one (`platform`), the same
+with batching across requests off (`platform-no-batching`), and, with
+`--variants`, Ray Serve's defaults without the fast ingress
+(`serve-defaults`, `serve-throughput-optimized`), so what each option
+changes is visible.
 """
 from __future__ import annotations
 
@@ -36,13 +40,25 @@ from local_stack.triton_server import TritonServer  # noqa: E402
 from local_stack.serve_configs import free_port, local_config  # noqa: E402
 
 
-def variants() -> dict[str, dict[str, str]]:
-    """Environments of the Serve runs: Ray's defaults, then each option added."""
+SHIPPED = ("platform", "platform-no-batching")
+
+
+def variants() -> dict[str, tuple[dict[str, str], bool]]:
+    """Name -> (environment of the Serve run, batching across requests on)."""
     return {
-        "serve-defaults": local_ray_env(fast_ingress=False),
-        "serve-throughput-optimized": local_ray_env(fast_ingress=False) | {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
-        "serve-throughput-optimized-haproxy": local_ray_env(fast_ingress=True),
+        "platform": (local_ray_env(fast_ingress=True), True),
+        "platform-no-batching": (local_ray_env(fast_ingress=True), False),
+        "serve-defaults": (local_ray_env(fast_ingress=False), True),
+        "serve-throughput-optimized": (local_ray_env(fast_ingress=False) | {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}, True),
     }
+
+
+def without_batching(config: dict) -> dict:
+    """The config with every node's `batch` removed (in place, returned)."""
+    for app in config["applications"]:
+        for node in app.get("args", {}).get("graph", {}).get("nodes", {}).values():
+            node.pop("batch", None)
+    return config
 
 
 def wait_ok(url: str, process: subprocess.Popen, timeout_s: float = 180) -> None:
@@ -85,10 +101,11 @@ def run_baseline(paths: StackPaths, triton: TritonServer, levels, seconds, log: 
         stop_group(process, signal.SIGTERM)
 
 
-def run_platform(triton: TritonServer, env: dict[str, str], levels, seconds, tmp: Path, log: Path) -> list[Result]:
+def run_platform(triton: TritonServer, env: dict[str, str], batching: bool, levels, seconds, tmp: Path, log: Path) -> list[Result]:
     port = free_port()
     config_file = tmp / f"serve-{port}.yaml"
-    config_file.write_text(yaml.safe_dump(local_config(port, triton.grpc_url, only={"recommend"})))
+    config = local_config(port, triton.grpc_url, only={"recommend"})
+    config_file.write_text(yaml.safe_dump(config if batching else without_batching(config)))
     env = dict(env, RAY_AUTH_MODE="disabled")
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "serve"), "run", str(config_file)],
@@ -108,7 +125,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0, help="load time per concurrency level")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--variants", nargs="+", default=None, help="subset of the Serve variants")
+    parser.add_argument("--variants", nargs="+", default=list(SHIPPED), choices=list(variants()),
+                        help=f"platform variants to run (default: {' '.join(SHIPPED)})")
     args = parser.parse_args()
 
     paths = ensure()
@@ -122,10 +140,11 @@ def main() -> None:
         print("==> baseline: FastAPI + uvicorn calling Feast and Triton directly", flush=True)
         table["baseline"] = run_baseline(paths, triton, args.levels, args.seconds, logs / "baseline.log")
         all_variants = variants()
-        for name in args.variants or list(all_variants):
+        for name in args.variants:
             print(f"==> platform: serve run configs/local.yaml [{name}]", flush=True)
+            env, batching = all_variants[name]
             try:
-                table[name] = run_platform(triton, all_variants[name], args.levels, args.seconds, tmp, logs / f"{name}.log")
+                table[name] = run_platform(triton, env, batching, args.levels, args.seconds, tmp, logs / f"{name}.log")
             except (RuntimeError, TimeoutError) as error:
                 print(f"    failed to start: {error} (log {logs / f'{name}.log'})", flush=True)
     finally:
@@ -133,7 +152,8 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     base = {r.concurrency: r for r in table["baseline"]}
-    print(f"\n/recommend, 20 candidates, k=5; {os.cpu_count()} cores, {platform.processor() or platform.machine()}, {args.seconds:g} s per level")
+    print(f"\n/recommend, 20 candidates, k=5; {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
+          f"{platform.processor() or platform.machine()}, {args.seconds:g} s per level")
     print("| server | concurrency | p50 ms | p95 ms | p99 ms | req/s | p50 vs baseline | req/s vs baseline |")
     print("|---|---|---|---|---|---|---|---|")
     for name, results in table.items():

@@ -37,6 +37,16 @@ def unknown_user(user_id):
     raise NotFound({"user_id": [user_id]})
 
 
+BATCHES: list[list] = []  # what batched_double was called with, call by call
+
+
+async def batched_double(value: list) -> list:
+    """A batched callable (`batch:` on its node): a list per input, a list of results."""
+    BATCHES.append(list(value))
+    await asyncio.sleep(0.01)  # a backend call: other requests gather meanwhile
+    return [ValueError(f"{v} is negative") if v < 0 else v * 2 for v in value]
+
+
 class Counter:
     """A stateful callable: counts its calls (an instance per node)."""
 

@@ -46,7 +46,7 @@ from deployments.metrics import NodeMetrics
 from deployments.nodes import Node, NodeSpec
 
 # name, spec -> the Node that runs it. In-process every node is built here
-# (`spec.build()`); the Serve builder passes a factory that returns a stand-in
+# (`spec.build(name)`); the Serve builder passes a factory that returns a stand-in
 # for a node placed apart, and gives an embedded LLM its engine.
 NodeFactory = Callable[[str, NodeSpec], Node]
 
@@ -54,7 +54,7 @@ NodeFactory = Callable[[str, NodeSpec], Node]
 def inline_node(name: str, spec: NodeSpec) -> Node:
     """The node built in this process (what `placement: inline` always means,
     and what every placement means in a notebook prototype)."""
-    return spec.build()
+    return spec.build(name)
 
 # Under "ray.serve": in a Serve replica its records go to the replica's log
 # file through Serve's handler, which stamps each with the request's id

@@ -39,7 +39,7 @@ class GraphNode:
 
     def __init__(self, name: str, spec: NodeSpec, companion: Any = None):
         self.name = name
-        self.node = spec.build(companion)
+        self.node = spec.build(name, companion)
 
     async def run(self, inputs: dict[str, Any]) -> Any:
         return await self.node.run(inputs)
@@ -146,7 +146,7 @@ class GraphIngress:
         companions = companions or {}
 
         def factory(name: str, spec: NodeSpec) -> Node:
-            return remote[name] if name in remote else spec.build(companions.get(name))
+            return remote[name] if name in remote else spec.build(name, companions.get(name))
 
         self.executor = GraphExecutor(args.graph, node_factory=factory)
         # The clock of unhealthy_after_s starts once the replica is built (the

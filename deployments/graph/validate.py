@@ -75,6 +75,8 @@ def _node_problems(spec: GraphSpec, name: str, node: Any, path: str) -> list[Pro
                 problems.append(Problem(f"{path}.{key}", "only for placement: deployment (this node is inline)"))
     elif node.num_replicas is not None and node.autoscaling_config is not None:
         problems.append(Problem(f"{path}.num_replicas", "give num_replicas or autoscaling_config, not both"))
+    if node.batch is not None and not node.batches:
+        problems.append(Problem(f"{path}.batch", f"{node.kind} nodes do not batch (feature_lookup, triton_model and python do)"))
 
     required, optional = node.inputs_taken()
     given = set(node.inputs)

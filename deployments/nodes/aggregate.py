@@ -40,7 +40,7 @@ class AggregateNode(NodeSpec):
         required, optional = INPUTS[self.config.op]
         return set(required), set(optional)
 
-    def build(self, companion: Any = None) -> Node:
+    def build(self, name: str, companion: Any = None) -> Node:
         return AggregateRunner(self.config.op)
 
 

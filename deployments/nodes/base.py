@@ -7,7 +7,7 @@ spec class (a `NodeSpec` with `kind: Literal[...]`), its node class (a
 with one line. The graph layer (spec union, validation, executor, Serve
 builder) knows kinds only through this interface:
 
-- `NodeSpec.build(companion)` -> the `Node` this process runs;
+- `NodeSpec.build(name, companion)` -> the `Node` this process runs;
 - `NodeSpec.inputs_taken()` -> the input names it needs and may take;
 - `NodeSpec.companion(name)` -> an extra Serve deployment it needs in the
   graph's application (an embedded LLM's engine), or None;
@@ -19,6 +19,8 @@ from __future__ import annotations
 from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from deployments.nodes.batching import BatchConfig
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 # `request.user_id`, `features`, `ranking.best.item_id`, `features.age[0]`:
@@ -98,12 +100,19 @@ class NodeSpec(Strict):
     )
     max_ongoing_requests: Optional[int] = Field(None, ge=1, description="placement: deployment only.")
     ray_actor_options: Optional[RayActorOptions] = Field(None, description="placement: deployment only (GPUs, CPUs, memory).")
+    batch: Optional[BatchConfig] = Field(
+        None, description="Merge concurrent requests' calls into one backend call (deployments/nodes/batching.py); "
+        "kinds that can: feature_lookup, triton_model, python.",
+    )
+
+    # The kind merges calls when `batch` is given (its node takes it).
+    batches: ClassVar[bool] = False
 
     # The input names the kind needs / may take besides; None: any (the kind checks them).
     required_inputs: ClassVar[frozenset[str]] = frozenset()
     optional_inputs: ClassVar[Optional[frozenset[str]]] = frozenset()
 
-    def build(self, companion: Any = None) -> Node:
+    def build(self, name: str, companion: Any = None) -> Node:
         """The node, built in this process; `companion` is the handle of the
         deployment `companion()` asked for, when there is one."""
         raise NotImplementedError

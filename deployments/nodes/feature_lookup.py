@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.errors import BackendTimeout, BackendUnavailable, NotFound
 from deployments.nodes.base import Node, NodeSpec
+from deployments.nodes.batching import Batcher, Failed
 from deployments.paths import project_path
 
 os.environ.setdefault("FEAST_USAGE", "False")
@@ -147,6 +148,10 @@ class FeatureLookup:
         raw = response.to_dict(include_event_timestamps=True)
         values = {name: raw[name] for name in self.feature_names}
         timestamps = {name: raw[f"{name}__ts"] for name in self.feature_names}
+        return FeatureFrame(values, timestamps, self._missing(rows, values))
+
+    def _missing(self, rows: list[dict[str, Any]], values: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        """Entity key -> the values in `rows` that a feature view knows nothing of."""
         missing: dict[str, list[Any]] = {}
         for view, keys in self.join_keys.items():
             view_columns = [name for name in self.feature_names if name.startswith(f"{view}__")]
@@ -155,7 +160,34 @@ class FeatureLookup:
                     for key in keys:
                         if row[key] not in missing.setdefault(key, []):
                             missing[key].append(row[key])
-        return FeatureFrame(values, timestamps, {k: v for k, v in missing.items() if v})
+        return {k: v for k, v in missing.items() if v}
+
+    async def lookup_many(self, requests: list[list[dict[str, Any]]]) -> list[FeatureFrame | Failed]:
+        """One online read for the entity rows of several requests (a row that
+        several ask for read once), split back into one frame per request.
+        A failed read fails them all (it is the store's failure)."""
+        index: dict[tuple, int] = {}
+        unique: list[dict[str, Any]] = []
+        positions = []
+        for rows in requests:
+            mine = []
+            for row in rows:
+                key = tuple(sorted(row.items()))
+                if key not in index:
+                    index[key] = len(unique)
+                    unique.append(row)
+                mine.append(index[key])
+            positions.append(mine)
+        try:
+            frame = await self.lookup(unique)
+        except Exception as error:
+            return [Failed(error)] * len(requests)
+        frames: list[FeatureFrame | Failed] = []
+        for rows, mine in zip(requests, positions):
+            values = {name: [column[i] for i in mine] for name, column in frame.values.items()}
+            timestamps = {name: [column[i] for i in mine] for name, column in frame.timestamps.items()}
+            frames.append(FeatureFrame(values, timestamps, self._missing(rows, values)))
+        return frames
 
     async def lookup(self, rows: list[dict[str, Any]]) -> FeatureFrame:
         try:
@@ -184,14 +216,21 @@ class FeatureLookupNode(NodeSpec):
     kind: Literal["feature_lookup"]
     config: FeatureLookupConfig = Field(default_factory=FeatureLookupConfig)
     optional_inputs: ClassVar[Optional[frozenset[str]]] = None  # the join keys, known once the store is open
+    batches: ClassVar[bool] = True
 
-    def build(self, companion: Any = None) -> Node:
-        return FeatureLookupRunner(self)
+    def build(self, name: str, companion: Any = None) -> Node:
+        return FeatureLookupRunner(name, self)
 
 
 class FeatureLookupRunner(Node):
-    def __init__(self, spec: FeatureLookupNode):
+    def __init__(self, name: str, spec: FeatureLookupNode):
         self.lookup = FeatureLookup(spec.config)
+        self.read = self.lookup.lookup
+        if spec.batch is not None:
+            if spec.config.call == "auto" and self.lookup.call == "inline":
+                # An inline read never yields the event loop: nothing could gather behind it.
+                self.lookup.call = "thread"
+            self.read = Batcher(name, spec.batch, self.lookup.lookup_many, rows=len)
 
     def join_keys(self) -> set[str]:
         return {key for keys in self.lookup.join_keys.values() for key in keys}
@@ -205,7 +244,7 @@ class FeatureLookupRunner(Node):
             raise ValueError(f"entity lists of different lengths {sorted(lengths)}")
         count = lengths.pop() if lengths else 1
         rows = [{key: (v[i] if isinstance(v, list) else v) for key, v in inputs.items()} for i in range(count)]
-        frame = await self.lookup.lookup(rows)
+        frame = await self.read(rows)
         if frame.missing:
             raise NotFound(frame.missing)
         return frame

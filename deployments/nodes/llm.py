@@ -185,7 +185,7 @@ class LLMNode(NodeSpec):
         engine = self.config.engine
         return llm_deployment(engine, resolve(engine), name_prefix=f"GraphLLM:{name}:")
 
-    def build(self, companion: Any = None) -> Node:
+    def build(self, name: str, companion: Any = None) -> Node:
         if isinstance(self.config, EmbeddedLLMConfig) and companion is None:
             raise ValueError("an embedded LLM runs in the graph's Serve application: in-process, use mode: remote")
         return LLMRunner(self, companion)

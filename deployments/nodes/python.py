@@ -7,17 +7,23 @@ and the instance is called with the inputs, so it can hold state (a loaded
 model, a client). Either may be sync or async; a sync callable that blocks
 can be sent to a worker thread with `thread: true`. Its inputs are the
 callable's parameters (those `params` does not bind), checked at load.
+
+With `batch` (as with Ray Serve's `@serve.batch`), the callable takes a
+batch: each input parameter gets a list, one value per request, and it
+returns a list of results in the same order; a result that is an exception
+fails that request alone. `max_batch_size` counts requests.
 """
 from __future__ import annotations
 
 import asyncio
 import importlib
 import inspect
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, ClassVar, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deployments.nodes.base import Node, NodeSpec
+from deployments.nodes.batching import Batcher, Failed
 
 IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 
@@ -61,6 +67,7 @@ class PythonNode(NodeSpec):
 
     kind: Literal["python"]
     config: PythonNodeConfig
+    batches: ClassVar[bool] = True
 
     def inputs_taken(self) -> tuple[set[str], Optional[set[str]]]:
         """The callable's parameters not bound by `params` (a class: its __call__'s)."""
@@ -77,21 +84,34 @@ class PythonNode(NodeSpec):
         required = {p.name for p in named if p.default is p.empty}
         return required, {p.name for p in named} - required
 
-    def build(self, companion: Any = None) -> Node:
-        return PythonCallable(self.config)
+    def build(self, name: str, companion: Any = None) -> Node:
+        return PythonCallable(name, self)
 
 
 class PythonCallable(Node):
-    def __init__(self, config: PythonNodeConfig):
-        self.config = config
+    def __init__(self, name: str, spec: PythonNode):
+        self.config = config = spec.config
         target = import_callable(config.callable)
         if inspect.isclass(target):
             self._call, self._params = target(**config.params), {}
         else:
             self._call, self._params = target, dict(config.params)
+        self._batcher = Batcher(name, spec.batch, self._call_batch) if spec.batch is not None else None
 
     async def run(self, inputs: dict[str, Any]) -> Any:
-        arguments = {**self._params, **inputs}
+        if self._batcher is not None:
+            return await self._batcher(inputs)
+        return await self._invoke({**self._params, **inputs})
+
+    async def _call_batch(self, batch: list[dict[str, Any]]) -> list[Any]:
+        """One call with a list per input; exceptions in its answer fail their own request."""
+        names = batch[0].keys()
+        results = await self._invoke({**self._params, **{name: [inputs[name] for inputs in batch] for name in names}})
+        if not isinstance(results, (list, tuple)) or len(results) != len(batch):
+            raise TypeError(f"{self.config.callable} with batch: must return a list of {len(batch)} results, one per request")
+        return [Failed(result) if isinstance(result, BaseException) else result for result in results]
+
+    async def _invoke(self, arguments: dict[str, Any]) -> Any:
         if self.config.thread:
             result = await asyncio.to_thread(self._call, **arguments)
         else:

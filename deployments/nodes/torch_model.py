@@ -117,5 +117,5 @@ class TorchModelNode(NodeSpec):
             )
         return self
 
-    def build(self, companion: Any = None) -> Node:
+    def build(self, name: str, companion: Any = None) -> Node:
         return TorchModel(self.config)

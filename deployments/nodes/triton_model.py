@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from deployments.errors import BackendTimeout, BackendUnavailable
 from deployments.local_supervision import supervisor_note
 from deployments.nodes.base import Node, NodeSpec
+from deployments.nodes.batching import Batcher, Failed
 from deployments.nodes.feature_lookup import FeatureFrame
 from deployments.registry import ModelRef, resolve_alias, served
 
@@ -137,6 +138,27 @@ class TritonModel:
             import tritonclient.http as triton
         return triton
 
+    def max_batch_size(self) -> Optional[int]:
+        """Rows the model takes per execution (its config.pbtxt), asked of
+        Triton now; None when Triton does not answer (its readiness says so)."""
+        try:
+            if self.config.protocol == "grpc":
+                import tritonclient.grpc as triton
+
+                client = triton.InferenceServerClient(url=self.config.url)
+                config = client.get_model_config(self.config.model, self.ref.version, as_json=True,
+                                                 client_timeout=self.config.timeout_s)["config"]
+            else:
+                import tritonclient.http as triton
+
+                client = triton.InferenceServerClient(url=self.config.url, connection_timeout=self.config.timeout_s)
+                config = client.get_model_config(self.config.model, self.ref.version)
+            client.close()
+        except Exception as error:
+            logger.warning("could not read %s's max_batch_size from Triton at %s: %s", self.config.model, self.config.url, error)
+            return None
+        return int(config.get("max_batch_size", 0)) or None
+
     async def infer(self, batch: np.ndarray, ref: Optional[ModelRef] = None) -> np.ndarray:
         """Scores of `batch` from version `ref` (default: the current one)."""
         ref = ref or self.current()
@@ -191,16 +213,27 @@ class TritonModelNode(NodeSpec):
     kind: Literal["triton_model"]
     config: TritonModelConfig
     required_inputs: ClassVar[frozenset[str]] = frozenset({"features"})
+    batches: ClassVar[bool] = True
 
-    def build(self, companion: Any = None) -> Node:
-        return TritonRunner(self)
+    def build(self, name: str, companion: Any = None) -> Node:
+        return TritonRunner(name, self)
 
 
 class TritonRunner(Node):
     records_scores = True
 
-    def __init__(self, spec: TritonModelNode):
+    def __init__(self, name: str, spec: TritonModelNode):
         self.model = TritonModel(spec.config)
+        self.score = self._score_one
+        if spec.batch is not None:
+            self.max_rows = spec.batch.max_batch_size
+            model_max = self.model.max_batch_size()
+            if model_max is not None and self.max_rows > model_max:
+                raise ValueError(
+                    f"graph.nodes.{name}.batch.max_batch_size: {self.max_rows} rows, but {spec.config.model} "
+                    f"on Triton takes at most {model_max} (max_batch_size in its config.pbtxt)"
+                )
+            self.score = Batcher(name, spec.batch, self._score_many, rows=lambda item: len(item[1]))
 
     def fields(self) -> set[str]:
         return {"scores", "model"}
@@ -215,8 +248,48 @@ class TritonRunner(Node):
             batch = features.matrix(ref.input_features)
         else:
             batch = np.asarray(features, dtype=np.float32)
-        scores = await self.model.infer(batch, ref)
+        scores = await self.score((ref, batch))
         return {"scores": [float(s) for s in scores], "model": served(ref).model_dump()}
+
+    async def _score_one(self, item: tuple[ModelRef, np.ndarray]) -> np.ndarray:
+        ref, rows = item
+        return await self.model.infer(rows, ref)
+
+    async def _score_many(self, items: list[tuple[ModelRef, np.ndarray]]) -> list[Any]:
+        """One call per model version for the rows of several requests (in
+        calls of at most `max_batch_size` rows), split back per request. When
+        a call of several requests fails other than by timing out, each is
+        tried alone, so a request Triton refuses fails alone."""
+        results: list[Any] = [None] * len(items)
+        by_version: dict[str, list[int]] = {}
+        for position, (ref, _) in enumerate(items):
+            by_version.setdefault(ref.version, []).append(position)
+        for positions in by_version.values():
+            ref = items[positions[0]][0]
+            try:
+                rows = np.concatenate([items[p][1] for p in positions])
+                scores = np.concatenate([await self.model.infer(rows[start:start + self.max_rows], ref)
+                                         for start in range(0, len(rows), self.max_rows)])
+            except BackendTimeout as error:
+                for p in positions:
+                    results[p] = Failed(error)
+                continue
+            except Exception as error:
+                if len(positions) == 1:
+                    results[positions[0]] = Failed(error)
+                    continue
+                for p in positions:
+                    try:
+                        results[p] = await self.model.infer(items[p][1], ref)
+                    except Exception as alone:
+                        results[p] = Failed(alone)
+                continue
+            start = 0
+            for p in positions:
+                count = len(items[p][1])
+                results[p] = scores[start:start + count]
+                start += count
+        return results
 
     async def ready(self) -> tuple[bool, str]:
         return await self.model.ready()

@@ -203,7 +203,9 @@ with mock.patch.object(ray, "is_initialized", return_value=True), \\
         mock.patch.object(serve_metrics, "Histogram", fake("histogram")), \\
         mock.patch.object(serve_metrics, "Counter", fake("counter")):
     from deployments.metrics import NodeMetrics
+    from deployments.nodes.batching import _BatchMetrics
     NodeMetrics("recommend")
+    _BatchMetrics("ranker")
 recorder = OpenTelemetryMetricRecorder(gauge_metric_ttl_seconds=60)
 for kind, name, bounds, tags in created:
     values = {tag: "x" for tag in tags}
@@ -218,7 +220,7 @@ sys.stdout.write(generate_latest(REGISTRY).decode())
 
 
 def test_node_metrics_through_rays_exporter_have_the_dashboards_names():
-    """deployments/metrics.py's metrics, exported by Ray 2.60's own
+    """deployments/metrics.py's and the batching nodes' metrics, exported by Ray 2.60's own
     OpenTelemetry recorder (what the dashboard agent runs; no cluster needed),
     are the names and labels the dashboard queries."""
     result = subprocess.run([sys.executable, "-c", _EXPORT_NODE_METRICS], cwd=PROJECT_ROOT,
@@ -231,6 +233,7 @@ def test_node_metrics_through_rays_exporter_have_the_dashboards_names():
     assert ours == {
         "ray_graph_node_latency_ms_bucket", "ray_graph_node_latency_ms_count", "ray_graph_node_errors_total",
         "ray_graph_variant_requests_total", "ray_graph_variant_latency_ms_bucket", "ray_graph_model_scores_bucket",
+        "ray_graph_node_batch_rows_bucket", "ray_graph_node_batch_wait_ms_bucket",
     }
     assert ours <= set(exported.series)
     problems = [p for p in report.problems if "ray_graph_" in p]  # names and matched labels

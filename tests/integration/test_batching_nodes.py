@@ -1,0 +1,127 @@
+"""Batching across requests on the real backends (the session's Feast on
+SQLite and Triton): concurrent requests of one process merged into one
+backend call, each answered with exactly what it would get alone."""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from deployments.errors import BackendUnavailable, NotFound
+from deployments.nodes.feature_lookup import FeatureLookupConfig, FeatureLookupNode
+from deployments.nodes.triton_model import TritonModelConfig, TritonModelNode
+
+pytestmark = pytest.mark.integration
+
+BATCH = {"max_batch_size": 256, "max_wait_ms": 1000}
+UNKNOWN_USER = 999_999
+
+
+def features_node(stack, batch=BATCH):
+    return FeatureLookupNode(kind="feature_lookup", config=FeatureLookupConfig(repo_path=str(stack.feast_repo)),
+                             inputs={"user_id": "request.user_id", "item_id": "request.item_ids"}, batch=batch)
+
+
+def ranker_node(stack, triton, batch=BATCH):
+    return TritonModelNode(kind="triton_model", config=TritonModelConfig(url=triton.grpc_url, registry_uri=stack.mlflow_uri),
+                           inputs={"features": "features"}, batch=batch)
+
+
+def counting(node, method: str):
+    """Record the arguments of every call of `node.<method>`."""
+    calls, original = [], getattr(node, method)
+
+    async def recorded(*args):
+        calls.append(args)
+        return await original(*args)
+
+    setattr(node, method, recorded)
+    return calls
+
+
+def test_feature_lookups_of_concurrent_requests_are_one_read_with_each_row_read_once(stack):
+    batched = features_node(stack).build("features")
+    alone = features_node(stack, batch=None).build("features")
+    reads = counting(batched.lookup, "lookup")
+    requests = [{"user_id": 7, "item_id": [1, 2, 3]}, {"user_id": 7, "item_id": [3, 4]}, {"user_id": 8, "item_id": [1]}]
+
+    async def scenario():
+        busy = asyncio.ensure_future(batched.run({"user_id": 9, "item_id": [5]}))  # the node is busy...
+        await asyncio.sleep(0)
+        together = await asyncio.gather(*[batched.run(r) for r in requests])  # ...so these gather
+        await busy
+        return together, [await alone.run(r) for r in requests]
+
+    together, separately = asyncio.run(scenario())
+    assert len(reads) == 2  # the first request alone, then the three as one read
+    assert len(reads[1][0]) == 5  # (7,1) (7,2) (7,3) (7,4) (8,1): user 7's item 3 read once
+    for mine, theirs in zip(together, separately):
+        assert mine.values == theirs.values and mine.timestamps == theirs.timestamps
+
+
+def test_an_unknown_user_in_a_batch_is_a_404_for_that_request_only(stack):
+    node = features_node(stack).build("features")
+
+    async def scenario():
+        busy = asyncio.ensure_future(node.run({"user_id": 9, "item_id": [5]}))
+        await asyncio.sleep(0)
+        results = await asyncio.gather(node.run({"user_id": 7, "item_id": [1, 2]}),
+                                       node.run({"user_id": UNKNOWN_USER, "item_id": [1]}),
+                                       node.run({"user_id": 8, "item_id": [2]}), return_exceptions=True)
+        await busy
+        return results
+
+    first, unknown, last = asyncio.run(scenario())
+    assert isinstance(unknown, NotFound) and unknown.details["missing"] == {"user_id": [UNKNOWN_USER]}
+    assert not first.missing and not last.missing
+
+
+def test_model_calls_of_concurrent_requests_are_one_triton_call_with_the_same_scores(stack, triton):
+    batched = ranker_node(stack, triton).build("ranker")
+    alone = ranker_node(stack, triton, batch=None).build("ranker")
+    calls = counting(batched.model, "infer")
+    rng = np.random.default_rng(0)
+    matrices = [rng.random((rows, 12), dtype=np.float32) for rows in (3, 10, 1, 7)]
+
+    async def scenario():
+        try:
+            busy = asyncio.ensure_future(batched.run({"features": matrices[0]}))
+            await asyncio.sleep(0)
+            together = await asyncio.gather(*[batched.run({"features": m}) for m in matrices[1:]])
+            await busy
+            return together, [await alone.run({"features": m}) for m in matrices[1:]]
+        finally:
+            await batched.close()
+            await alone.close()
+
+    together, separately = asyncio.run(scenario())
+    assert [len(call[0]) for call in calls] == [3, 18]  # alone, then 10 + 1 + 7 rows in one call
+    for mine, theirs in zip(together, separately):
+        np.testing.assert_allclose(mine["scores"], theirs["scores"], rtol=1e-6)
+        assert mine["model"] == theirs["model"]
+
+
+def test_a_request_triton_refuses_fails_alone_and_the_others_in_its_batch_answer(stack, triton):
+    node = ranker_node(stack, triton).build("ranker")
+    good, bad = np.zeros((4, 12), dtype=np.float32), np.zeros((2, 5), dtype=np.float32)  # 5 features, not 12
+
+    async def scenario():
+        try:
+            busy = asyncio.ensure_future(node.run({"features": good}))
+            await asyncio.sleep(0)
+            results = await asyncio.gather(node.run({"features": good}), node.run({"features": bad}),
+                                           node.run({"features": good}), return_exceptions=True)
+            await busy
+            return results
+        finally:
+            await node.close()
+
+    first, refused, last = asyncio.run(scenario())
+    assert isinstance(refused, BackendUnavailable), refused
+    assert len(first["scores"]) == 4 and len(last["scores"]) == 4
+
+
+def test_a_batch_larger_than_the_model_takes_is_refused_when_the_node_is_built(stack, triton):
+    with pytest.raises(ValueError, match=r"graph.nodes.ranker.batch.max_batch_size: 1000 rows, but ranker on Triton takes at most 256"):
+        ranker_node(stack, triton, batch={"max_batch_size": 1000}).build("ranker")
