@@ -6,7 +6,9 @@ model from the registry, same engine settings, measured in the same run.
 
 Streams completions (64 tokens, greedy, ignore_eos) with closed-loop clients
 at concurrency 1, 8 and 16; prints output tokens/s and time-to-first-token
-p50/p99, and the platform/direct ratios. The clients (aiohttp, parsing only
+p50/p99, the CPU each server's processes spent per output token (bench/cpu.py:
+the server's process and all its descendants, by process), and the
+platform/direct ratios. The clients (aiohttp, parsing only
 the chunks they need) share the servers' cores: each level prints their CPU.
 With `--rounds N` the two servers are measured N times, alternating, each
 round's ratios printed side by side: this machine's speed drifts within
@@ -37,6 +39,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.cpu import spent, tree_cpu  # noqa: E402
 from deployments.llm_engine import EngineArgs, LLMModelConfig, resolve  # noqa: E402
 from local_stack.bootstrap import ensure  # noqa: E402
 from local_stack.paths import PROJECT_ROOT  # noqa: E402
@@ -57,6 +60,11 @@ class Result:
     ttft_p50_ms: float
     ttft_p99_ms: float
     client_cpu: float  # the load generator's own CPU, in cores (it shares the machine)
+    server_cpu_s: dict[str, float]  # CPU seconds of the server's processes during the level, by process
+
+    @property
+    def cpu_us_per_token(self) -> float:
+        return sum(self.server_cpu_s.values()) / max(self.tokens, 1) * 1e6
 
     @property
     def tokens_per_s(self) -> float:
@@ -86,7 +94,7 @@ async def stream_one(session: aiohttp.ClientSession, url: str, i: int) -> tuple[
     return (ttft if ttft is not None else float("nan")), tokens
 
 
-async def run(url: str, concurrency: int, seconds: float) -> Result:
+async def run(url: str, concurrency: int, seconds: float, server_pid: int) -> Result:
     ttfts: list[float] = []
     tokens = 0
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -103,11 +111,12 @@ async def run(url: str, concurrency: int, seconds: float) -> Result:
                 tokens += n
                 i += 1
 
-        started, cpu_started = time.perf_counter(), time.process_time()
+        started, cpu_started, server_before = time.perf_counter(), time.process_time(), tree_cpu(server_pid)
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        server = spent(server_before, tree_cpu(server_pid))
     p50, p99 = np.nanpercentile(np.array(ttfts) * 1000, [50, 99])
-    return Result(concurrency, len(ttfts), tokens, elapsed, float(p50), float(p99), cpu / elapsed)
+    return Result(concurrency, len(ttfts), tokens, elapsed, float(p50), float(p99), cpu / elapsed, dict(server))
 
 
 def wait_ok(url: str, process: subprocess.Popen, timeout_s: float = 400) -> None:
@@ -124,11 +133,12 @@ def wait_ok(url: str, process: subprocess.Popen, timeout_s: float = 400) -> None
     raise TimeoutError(url)
 
 
-def measure(name: str, url: str, levels: list[int], seconds: float) -> list[Result]:
+def measure(name: str, url: str, levels: list[int], seconds: float, server_pid: int) -> list[Result]:
     results = []
     for concurrency in levels:
-        r = asyncio.run(run(url, concurrency, seconds))
-        print(f"    {name} c={concurrency:<3} {r.tokens_per_s:7.1f} tok/s  TTFT p50 {r.ttft_p50_ms:7.1f} ms  p99 {r.ttft_p99_ms:7.1f} ms  ({r.requests} requests, client CPU {r.client_cpu:.0%} of a core)", flush=True)
+        r = asyncio.run(run(url, concurrency, seconds, server_pid))
+        print(f"    {name} c={concurrency:<3} {r.tokens_per_s:7.1f} tok/s  TTFT p50 {r.ttft_p50_ms:7.1f} ms  p99 {r.ttft_p99_ms:7.1f} ms  "
+              f"server CPU {r.cpu_us_per_token:.0f} us/token  ({r.requests} requests, client CPU {r.client_cpu:.0%} of a core)", flush=True)
         results.append(r)
     return results
 
@@ -144,7 +154,7 @@ def measure_direct(engine: EngineArgs, folder: str, logs: Path, levels: list[int
     direct = subprocess.Popen(command, env=env, stdout=open(logs / "vllm-direct.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_ok(f"http://127.0.0.1:{port}/v1/models", direct)
-        return measure("vllm-direct", f"http://127.0.0.1:{port}/v1/completions", levels, seconds)
+        return measure("vllm-direct", f"http://127.0.0.1:{port}/v1/completions", levels, seconds, direct.pid)
     finally:
         stop_group(direct, signal.SIGTERM)
 
@@ -162,7 +172,7 @@ def measure_platform(config: dict, logs: Path, levels: list[int], seconds: float
         base = f"http://127.0.0.1:{config['http_options']['port']}/v1"
         try:
             wait_ok(f"{base}/models", platform)
-            return measure("platform", f"{base}/completions", levels, seconds)
+            return measure("platform", f"{base}/completions", levels, seconds, platform.pid)
         finally:
             stop_group(platform, signal.SIGINT, timeout_s=40)
             stop_haproxy(env)
@@ -170,13 +180,25 @@ def measure_platform(config: dict, logs: Path, levels: list[int], seconds: float
 
 def print_round(rows: dict[str, list[Result]]) -> None:
     direct_by_c = {r.concurrency: r for r in rows["vllm-direct"]}
-    print("| server | concurrency | output tok/s | TTFT p50 ms | TTFT p99 ms | tok/s vs direct | TTFT p50 overhead |")
-    print("|---|---|---|---|---|---|---|")
+    print("| server | concurrency | output tok/s | TTFT p50 ms | TTFT p99 ms | server CPU us/token | tok/s vs direct | TTFT p50 overhead | CPU/token vs direct |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, results in rows.items():
         for r in results:
             d = direct_by_c[r.concurrency]
-            print(f"| {name} | {r.concurrency} | {r.tokens_per_s:.0f} | {r.ttft_p50_ms:.1f} | {r.ttft_p99_ms:.1f} | "
-                  f"{r.tokens_per_s / d.tokens_per_s:.2f}x | {r.ttft_p50_ms - d.ttft_p50_ms:+.1f} ms |")
+            print(f"| {name} | {r.concurrency} | {r.tokens_per_s:.0f} | {r.ttft_p50_ms:.1f} | {r.ttft_p99_ms:.1f} | {r.cpu_us_per_token:.0f} | "
+                  f"{r.tokens_per_s / d.tokens_per_s:.2f}x | {r.ttft_p50_ms - d.ttft_p50_ms:+.1f} ms | {r.cpu_us_per_token / d.cpu_us_per_token:.2f}x |")
+
+
+def print_cpu(rows: dict[str, list[Result]]) -> None:
+    """Where each server's CPU per output token goes, by process, at the highest concurrency."""
+    print("\n| server | process | CPU us per output token |")
+    print("|---|---|---|")
+    for name, results in rows.items():
+        r = results[-1]
+        for label, seconds in sorted(r.server_cpu_s.items(), key=lambda kv: -kv[1]):
+            if seconds / max(r.tokens, 1) * 1e6 >= 0.5:
+                print(f"| {name} (c={r.concurrency}) | {label} | {seconds / max(r.tokens, 1) * 1e6:.1f} |")
+        print(f"| {name} (c={r.concurrency}) | **total** | **{r.cpu_us_per_token:.1f}** |")
 
 
 def print_summary(rounds: list[dict[str, list[Result]]]) -> None:
@@ -219,6 +241,7 @@ def main() -> None:
     for i, rows in enumerate(rounds):
         print(f"\nround {i + 1}")
         print_round(rows)
+        print_cpu(rows)
     if len(rounds) > 1:
         print_summary(rounds)
 
