@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from typing import Any, Awaitable, Callable, Generic, Optional, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -73,7 +74,7 @@ class Batcher(Generic[Item]):
         self._call = call
         self._rows = rows
         self._in_flight = 0
-        self._waiting: list[tuple[Item, asyncio.Future, float]] = []
+        self._waiting: deque[tuple[Item, asyncio.Future, float]] = deque()
         self._waiting_rows = 0
         self._timer: Optional[asyncio.TimerHandle] = None
         self._metrics = _BatchMetrics(name)
@@ -109,7 +110,7 @@ class Batcher(Generic[Item]):
         while self._waiting:
             batch, rows = [], 0
             while self._waiting and (not batch or rows + self._rows(self._waiting[0][0]) <= self.config.max_batch_size):
-                entry = self._waiting.pop(0)
+                entry = self._waiting.popleft()
                 rows += self._rows(entry[0])
                 batch.append(entry)
             self._waiting_rows -= rows

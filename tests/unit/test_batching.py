@@ -29,6 +29,15 @@ def run(coroutine):
     return asyncio.run(asyncio.wait_for(coroutine, 30))
 
 
+async def busy(max_wait_ms: float = 1000) -> tuple[Backend, Batcher, asyncio.Future]:
+    """A batcher whose node is busy: its first request (1) is in flight, held by the backend."""
+    backend = Backend()
+    batcher = Batcher("n", BatchConfig(max_batch_size=8, max_wait_ms=max_wait_ms), backend)
+    first = asyncio.ensure_future(batcher(1))
+    await asyncio.sleep(0)
+    return backend, batcher, first
+
+
 def test_a_request_that_finds_the_node_idle_is_sent_at_once():
     async def scenario():
         backend = Backend()
@@ -44,10 +53,7 @@ def test_a_request_that_finds_the_node_idle_is_sent_at_once():
 
 def test_requests_that_arrive_while_a_call_is_in_flight_go_as_one_call_in_order():
     async def scenario():
-        backend = Backend()
-        batcher = Batcher("n", BatchConfig(max_batch_size=8, max_wait_ms=1000), backend)
-        first = asyncio.ensure_future(batcher(1))
-        await asyncio.sleep(0)
+        backend, batcher, first = await busy()
         rest = [asyncio.ensure_future(batcher(item)) for item in (2, 3, 4)]
         await asyncio.sleep(0)
         assert backend.calls == [[1]]  # the others wait: the node is busy
@@ -79,10 +85,7 @@ def test_a_batch_never_exceeds_max_batch_size_rows_and_a_larger_request_goes_alo
 
 def test_a_request_that_fails_on_its_own_fails_alone():
     async def scenario():
-        backend = Backend()
-        batcher = Batcher("n", BatchConfig(max_batch_size=8, max_wait_ms=1000), backend)
-        first = asyncio.ensure_future(batcher(1))
-        await asyncio.sleep(0)
+        backend, batcher, first = await busy()
         rest = [asyncio.ensure_future(batcher(item)) for item in (2, -3, 4)]
         await asyncio.sleep(0)
         backend.release.set()
@@ -110,10 +113,7 @@ def test_a_failed_call_fails_every_request_in_it_with_its_error():
 
 def test_a_request_that_gives_up_while_waiting_does_not_break_the_batch():
     async def scenario():
-        backend = Backend()
-        batcher = Batcher("n", BatchConfig(max_batch_size=8, max_wait_ms=1000), backend)
-        first = asyncio.ensure_future(batcher(1))
-        await asyncio.sleep(0)
+        backend, batcher, first = await busy()
         leaving = asyncio.ensure_future(batcher(2))
         staying = asyncio.ensure_future(batcher(3))
         await asyncio.sleep(0)
@@ -128,10 +128,7 @@ def test_a_request_that_gives_up_while_waiting_does_not_break_the_batch():
 
 def test_requests_that_gather_while_the_node_stays_busy_go_after_max_wait_ms():
     async def scenario():
-        backend = Backend()
-        batcher = Batcher("n", BatchConfig(max_batch_size=8, max_wait_ms=1), backend)
-        first = asyncio.ensure_future(batcher(1))
-        await asyncio.sleep(0)
+        backend, batcher, first = await busy(max_wait_ms=1)
         second = asyncio.ensure_future(batcher(2))
         while len(backend.calls) < 2:  # the first call still holds: the wait ran out
             await asyncio.sleep(0.001)
