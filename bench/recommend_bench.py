@@ -4,8 +4,10 @@ FastAPI under uvicorn calling the same Feast store and Triton model).
 
     make bench                       # or: .venv/bin/python bench/recommend_bench.py --seconds 10
 
-Prints p50/p95/p99 and requests/s at concurrency 1, 8 and 32 for each, and
-the platform/baseline ratios. Each platform variant is a separate `serve run`
+Prints p50/p95/p99 and requests/s at concurrency 1, 8 and 32 for each, the
+platform/baseline ratios, and the CPU each server's processes (and Triton)
+spent per request, by process (bench/cpu.py): what a slower or busier host
+does not change the way it changes throughput. Each platform variant is a separate `serve run`
 with its own environment and config: the shipped one (`platform`), the same
 with batching across requests off (`platform-no-batching`), and, with
 `--variants`, Ray Serve's defaults without the fast ingress
@@ -31,6 +33,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.cpu import spent, tree_cpu  # noqa: E402
 from bench.figures import Result, run  # noqa: E402
 from local_stack.bootstrap import ensure  # noqa: E402
 from local_stack.paths import PROJECT_ROOT, StackPaths  # noqa: E402
@@ -75,13 +78,27 @@ def wait_ok(url: str, process: subprocess.Popen, timeout_s: float = 180) -> None
     raise TimeoutError(url)
 
 
-def measure(url: str, levels: list[int], seconds: float) -> list[Result]:
+# Concurrency level -> CPU microseconds per successful request, by process
+# (the server's own process tree, and `triton`), per server.
+CPU: dict[str, dict[int, dict[str, float]]] = {}
+
+
+def measure(name: str, url: str, levels: list[int], seconds: float, pids: dict[str, int]) -> list[Result]:
+    """Each level's figures, and the CPU that `pids`' process trees spent on it
+    (recorded in CPU[name])."""
     results = []
     for concurrency in levels:
+        before = {label: tree_cpu(pid) for label, pid in pids.items()}
         result = asyncio.run(run(url, concurrency, seconds))
+        used: dict[str, float] = {}
+        for label, pid in pids.items():
+            for process, cpu_s in spent(before[label], tree_cpu(pid)).items():
+                key = "triton" if label == "triton" else process
+                used[key] = used.get(key, 0.0) + cpu_s / max(result.ok, 1) * 1e6
+        CPU.setdefault(name, {})[concurrency] = used
         print(
             f"    c={concurrency:<3} p50 {result.p50_ms:6.2f} ms  p95 {result.p95_ms:6.2f}  p99 {result.p99_ms:6.2f}  "
-            f"{result.rps:7.1f} req/s  ({result.ok} ok, {result.failed} failed)",
+            f"{result.rps:7.1f} req/s  ({result.ok} ok, {result.failed} failed)  CPU {sum(used.values()):.0f} us/request",
             flush=True,
         )
         results.append(result)
@@ -96,12 +113,12 @@ def run_baseline(paths: StackPaths, triton: TritonServer, levels, seconds, log: 
     try:
         url = f"http://127.0.0.1:{port}/recommend"
         wait_ok(url, process)
-        return measure(url, levels, seconds)
+        return measure("baseline", url, levels, seconds, {"server": process.pid, "triton": triton.process.pid})
     finally:
         stop_group(process, signal.SIGTERM)
 
 
-def run_platform(triton: TritonServer, env: dict[str, str], batching: bool, levels, seconds, tmp: Path, log: Path) -> list[Result]:
+def run_platform(name: str, triton: TritonServer, env: dict[str, str], batching: bool, levels, seconds, tmp: Path, log: Path) -> list[Result]:
     port = free_port()
     config_file = tmp / f"serve-{port}.yaml"
     config = local_config(port, triton.grpc_url, only={"recommend"})
@@ -115,7 +132,7 @@ def run_platform(triton: TritonServer, env: dict[str, str], batching: bool, leve
     try:
         url = f"http://127.0.0.1:{port}/recommend"
         wait_ok(url, process)
-        return measure(url, levels, seconds)
+        return measure(name, url, levels, seconds, {"server": process.pid, "triton": triton.process.pid})
     finally:
         stop_group(process, signal.SIGINT, timeout_s=40)  # serve run shuts its own cluster down
         stop_haproxy(env)
@@ -144,7 +161,7 @@ def main() -> None:
             print(f"==> platform: serve run configs/local.yaml [{name}]", flush=True)
             env, batching = all_variants[name]
             try:
-                table[name] = run_platform(triton, env, batching, args.levels, args.seconds, tmp, logs / f"{name}.log")
+                table[name] = run_platform(name, triton, env, batching, args.levels, args.seconds, tmp, logs / f"{name}.log")
             except (RuntimeError, TimeoutError) as error:
                 print(f"    failed to start: {error} (log {logs / f'{name}.log'})", flush=True)
     finally:
@@ -163,6 +180,20 @@ def main() -> None:
                 f"| {name} | {r.concurrency} | {r.p50_ms:.2f} | {r.p95_ms:.2f} | {r.p99_ms:.2f} | {r.rps:.0f} | "
                 f"{r.p50_ms / b.p50_ms:.2f}x | {r.rps / b.rps:.2f}x |"
             )
+    print_cpu(max(args.levels))
+
+
+def print_cpu(concurrency: int) -> None:
+    """Where each server's CPU per request goes, by process, at one concurrency."""
+    base = sum(CPU["baseline"][concurrency].values())
+    print(f"\n| server (c={concurrency}) | process | CPU us per request |")
+    print("|---|---|---|")
+    for name, levels in CPU.items():
+        used = levels[concurrency]
+        for process, us in sorted(used.items(), key=lambda kv: -kv[1]):
+            if us >= 1:
+                print(f"| {name} | {process} | {us:.0f} |")
+        print(f"| {name} | **total** | **{sum(used.values()):.0f}** ({sum(used.values()) / base:.2f}x baseline) |")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ to `applications`):
     tracing_config:
       enabled: true
       exporter_import_path: observability.tracing:file_exporter   # :otlp_exporter on a cluster
-      sampling_ratio: 1.0
+      sampling_ratio: 0.05     # and every request whose traceparent says sampled
 
 Each replica then calls the exporter once with its own file name
 (`replica_<app>_<deployment>_<id>_tracing.json`) and installs a global

@@ -28,22 +28,29 @@ def ranker_node(stack, triton, batch=BATCH):
                            inputs={"features": "features"}, batch=batch)
 
 
-def counting(node, method: str):
-    """Record the arguments of every call of `node.<method>`."""
+def counting(node, method: str, slower_s: float = 0.0):
+    """Record the arguments of every call of `node.<method>`; with `slower_s`,
+    each call first waits that long (a store slower than the local file, so
+    that requests surely arrive while the node is busy)."""
     calls, original = [], getattr(node, method)
 
     async def recorded(*args):
         calls.append(args)
+        await asyncio.sleep(slower_s)
         return await original(*args)
 
     setattr(node, method, recorded)
     return calls
 
 
-def test_feature_lookups_of_concurrent_requests_are_one_read_with_each_row_read_once(stack):
+def test_feature_lookups_of_concurrent_requests_are_one_read_with_each_entity_read_once(stack):
     batched = features_node(stack).build("features")
     alone = features_node(stack, batch=None).build("features")
-    reads = counting(batched.lookup, "lookup")
+    reads = counting(batched.lookup, "lookup", slower_s=0.05)
+    store_reads = []
+    online_read = batched.lookup.provider.online_read
+    batched.lookup.provider.online_read = lambda config, view, keys, features: (
+        store_reads.append((view.name, len(keys))) or online_read(config, view, keys, features))
     requests = [{"user_id": 7, "item_id": [1, 2, 3]}, {"user_id": 7, "item_id": [3, 4]}, {"user_id": 8, "item_id": [1]}]
 
     async def scenario():
@@ -55,13 +62,14 @@ def test_feature_lookups_of_concurrent_requests_are_one_read_with_each_row_read_
 
     together, separately = asyncio.run(scenario())
     assert len(reads) == 2  # the first request alone, then the three as one read
-    assert len(reads[1][0]) == 5  # (7,1) (7,2) (7,3) (7,4) (8,1): user 7's item 3 read once
+    assert sorted(store_reads[2:]) == [("item_features", 4), ("user_features", 2)]  # items 1-4 and users 7, 8, each once
     for mine, theirs in zip(together, separately):
         assert mine.values == theirs.values and mine.timestamps == theirs.timestamps
 
 
 def test_an_unknown_user_in_a_batch_is_a_404_for_that_request_only(stack):
     node = features_node(stack).build("features")
+    reads = counting(node.lookup, "lookup", slower_s=0.05)
 
     async def scenario():
         busy = asyncio.ensure_future(node.run({"user_id": 9, "item_id": [5]}))
@@ -73,6 +81,7 @@ def test_an_unknown_user_in_a_batch_is_a_404_for_that_request_only(stack):
         return results
 
     first, unknown, last = asyncio.run(scenario())
+    assert len(reads) == 2  # the three were one read
     assert isinstance(unknown, NotFound) and unknown.details["missing"] == {"user_id": [UNKNOWN_USER]}
     assert not first.missing and not last.missing
 

@@ -120,9 +120,10 @@ def test_the_throwaway_redis_is_loopback_only_and_keeps_nothing(redis, secured):
     client.close()
 
 
+@pytest.mark.parametrize("read_path", ["direct", "get_online_features"])
 @pytest.mark.parametrize("call", ["auto", "thread"])
-def test_redis_store_returns_the_same_features_as_the_local_sqlite_store(redis, cluster_env, local_frame, call):
-    lookup = cluster_lookup(cluster_env, call=call)
+def test_redis_store_returns_the_same_features_as_the_local_sqlite_store(redis, cluster_env, local_frame, call, read_path):
+    lookup = cluster_lookup(cluster_env, call=call, read=read_path)
     assert lookup.store.config.online_store.type == "redis"
     assert lookup.store.config.online_store.connection_string.startswith(f"127.0.0.1:{redis.port},")
     assert lookup.call == ("async" if call == "auto" else "thread")  # auto: Feast's async Redis read, as the recommend graph runs it
