@@ -17,8 +17,11 @@ step even after the request's span has ended.
 
 Without a TracerProvider (tests, notebooks, a config without tracing) no span
 is made at all: OpenTelemetry's own no-op `start_as_current_span` costs
-several times this module's check (see _GraphSpan). Configured, a recorded
-span costs what the SDK makes it cost, plus the exporter's share.
+several times this module's check (see _GraphSpan). Nor under a request that
+was sampled out (the configs trace 5 %): Serve's sampler follows the parent,
+so every span under it would be dropped anyway, after the SDK built it.
+Configured and sampled, a recorded span costs what the SDK makes it cost,
+plus the exporter's share.
 
 Failures: the span records the exception, is marked ERROR with a readable
 description (a GraphError's `message` plus `error.code`; anything else
@@ -82,8 +85,10 @@ class _GraphSpan:
     GraphError too, and it would mark cancellations ERROR).
 
     A class, not a @contextmanager, and no span at all while no provider is
-    set: OpenTelemetry's own no-op path (proxy tracer, no-op span, context
-    attach/detach) costs several times this check."""
+    set, or while the current span is one the sampler dropped (a child of a
+    sampled-out span is sampled out: Serve's sampler is parent-based):
+    OpenTelemetry's own path (proxy tracer, a non-recording span, context
+    attach/detach) costs several times these checks."""
 
     __slots__ = ("_tracer", "_name", "_attributes", "_scope", "_span")
 
@@ -100,6 +105,9 @@ class _GraphSpan:
             if isinstance(trace.get_tracer_provider(), ProxyTracerProvider):
                 return INVALID_SPAN  # nothing configured: a non-recording span, no context change
             tracer = _TRACER
+        parent = trace.get_current_span().get_span_context()
+        if parent.is_valid and not parent.trace_flags.sampled:
+            return INVALID_SPAN  # the request was sampled out: so would this span be
         attributes = self._attributes()
         request_id = _request_id()
         if request_id is not None:

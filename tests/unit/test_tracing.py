@@ -104,6 +104,30 @@ def test_graph_spans_continue_the_current_span_which_under_serve_is_the_request(
     assert node.parent.span_id == request.get_span_context().span_id
 
 
+def test_under_a_sampled_out_request_no_graph_span_is_made():
+    """The configs trace 5 % of requests; under one of the other 95 % (Serve's
+    span exists but was not sampled) the graph's spans are not even built."""
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    built = []
+    start = tracer.start_as_current_span
+    tracer.start_as_current_span = lambda *args, **kwargs: built.append(args[0]) or start(*args, **kwargs)
+    with tracer.start_as_current_span("replica_handle_request GraphIngress __call__") as request:
+        assert request.get_span_context().is_valid and not request.is_recording()
+        with step_span("recommend", "ranker_ab", "split", tracer=tracer) as step:
+            step.set_attribute("graph.route", "challenger")
+            with ranker(tracer) as node:
+                assert not node.is_recording()
+                assert trace.get_current_span() is request  # the context is left as it was
+    assert built == ["replica_handle_request GraphIngress __call__"]  # the request's span only
+    assert exporter.get_finished_spans() == ()
+    provider.shutdown()
+
+
 def test_concurrent_nodes_each_hang_under_the_step_that_started_them(recorded):
     async def node(name: str) -> None:
         with node_span("recommend", name, "python", "inline", "hard", tracer=recorded.tracer):
