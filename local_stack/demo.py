@@ -32,6 +32,21 @@ EXAMPLE = {"user_id": 7, "item_ids": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], "k": 3}
 CHAT_EXAMPLE = {"model": "smollm2", "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 32}
 
 
+def oip_example(base: str) -> str:
+    """The Open Inference Protocol call the demo prints: the official
+    `tritonclient.http`, unchanged, against the recommend graph (a test runs
+    it as printed)."""
+    address = base.removeprefix("http://") + "/recommend"
+    code = (
+        "import numpy as np, tritonclient.http as t; "
+        f"c = t.InferenceServerClient('{address}'); "
+        "x = [t.InferInput('user_id', [1], 'INT64'), t.InferInput('item_ids', [3], 'INT64')]; "
+        "x[0].set_data_from_numpy(np.array([7], dtype=np.int64)); x[1].set_data_from_numpy(np.array([1, 2, 3], dtype=np.int64)); "
+        "print(c.infer('recommend', x).as_numpy('items'))"
+    )
+    return f'.venv/bin/python -c "{code}"'
+
+
 def wait_ready(url: str, process: subprocess.Popen, timeout_s: float) -> dict:
     deadline = time.monotonic() + timeout_s
     last = "no answer yet"
@@ -104,6 +119,7 @@ def main() -> None:
         print(f"recommend graph ready on {base}  ({readiness['checks']['ranker']['detail']})")
         print(f"  curl -s {base}/recommend -H 'content-type: application/json' \\\n    -d '{json.dumps(EXAMPLE)}'")
         print(f"  curl -s {base}/recommend/readyz     # readiness of Feast and Triton (the alias's version)")
+        print(f"  the Open Inference Protocol (KServe v2) at {base}/recommend/v2, e.g. with tritonclient:\n    {oip_example(base)}")
         if models:
             loaded = ", ".join(f"{m['id']} v{m['metadata']['registry']['version']}" for m in models["data"])
             print(f"OpenAI-compatible API on {base}/v1  ({loaded})")

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from ray import serve
 
 from deployments.errors import BackendUnavailable, GraphError, InvalidInput
+from deployments.graph import oip
 from deployments.graph.args import GraphArgs
 from deployments.graph.executor import GraphExecutor
 from deployments.http import app as http_app
@@ -170,6 +171,53 @@ class GraphIngress:
             raise InvalidInput("body", "not valid JSON") from None
         answer = await self.executor.run(body)
         return JSONResponse(answer.to_dict())
+
+    # ---------------------------------------- the Open Inference Protocol (deployments/graph/oip.py)
+
+    @api.get("/v2")
+    async def v2_server(self) -> dict:
+        return oip.server_metadata()
+
+    @api.get("/v2/health/live")
+    async def v2_live(self) -> dict:
+        return {"live": True}
+
+    @api.get("/v2/health/ready")
+    async def v2_ready(self) -> JSONResponse:
+        ready = all(ok for ok, _ in (await self._checks()).values())
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @api.get("/v2/models/{model}")
+    async def v2_metadata(self, model: str) -> JSONResponse:
+        return await self._v2(model, lambda: oip.model_metadata(self.executor.spec))
+
+    @api.get("/v2/models/{model}/ready")
+    async def v2_model_ready(self, model: str) -> JSONResponse:
+        async def ready() -> dict:
+            ok = all(ok for ok, _ in (await self._checks()).values())
+            if not ok:
+                raise BackendUnavailable(f"graph {model}", "not ready (GET /readyz names the failing check)")
+            return {"name": model, "ready": True}
+
+        return await self._v2(model, ready)
+
+    @api.post("/v2/models/{model}/infer")
+    async def v2_infer(self, model: str, request: Request) -> JSONResponse:
+        raw = await request.body()
+        return await self._v2(model, lambda: oip.infer(self.executor, model, raw, oip.headers_of(request.scope["headers"])))
+
+    async def _v2(self, model: str, answer) -> JSONResponse:
+        """The protocol's answer, or its error format with the error's status."""
+        try:
+            oip.check_model(model, self.executor.spec.name)
+            body = answer()
+            if hasattr(body, "__await__"):
+                body = await body
+        except GraphError as error:
+            return JSONResponse(oip.protocol_body(error), status_code=error.status, headers=error.headers)
+        return JSONResponse(body)
+
+    # ---------------------------------------- health
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
