@@ -95,6 +95,33 @@ def model_metadata(graph: Any) -> dict[str, Any]:
     return {"name": graph.name, "versions": [], "platform": PLATFORM, "inputs": inputs, "outputs": outputs}
 
 
+# The infer request's JSON schema (the protocol's `$inference_request`), for
+# /openapi.json: clients, docs pages and schema-driven fuzzers see its shape.
+INFER_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {"type": "object"},
+        "inputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "shape", "datatype"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "datatype": {"type": "string", "enum": ["BOOL", "INT64", "FP32", "FP64", "BYTES"]},
+                    "parameters": {"type": "object"},
+                    "data": {"type": "array"},
+                },
+            },
+        },
+        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}},
+    },
+}
+
+
 # ------------------------------------------------------------ requests
 
 

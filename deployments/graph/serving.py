@@ -107,7 +107,7 @@ class RemoteNode(Node):
         return ok, f"[deployment] {detail}"
 
 
-def document_request(app: FastAPI, model: type[BaseModel]) -> None:
+def document_request(app: FastAPI, model: type[BaseModel], graph: str) -> None:
     """/openapi.json describes the graph's request body, typed by its
     `graph.request`: `POST /` takes the raw Request (so a bad body is the
     graph's own 422, naming each field), which FastAPI cannot document by
@@ -124,6 +124,13 @@ def document_request(app: FastAPI, model: type[BaseModel]) -> None:
             operation = schema["paths"]["/"]["post"]
             operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
             operation["responses"]["422"] = {"description": "Invalid request: `error.fields` names each field and the reason."}
+            for path, method in (("/v2/models/{model}", "get"), ("/v2/models/{model}/ready", "get"), ("/v2/models/{model}/infer", "post")):
+                for parameter in schema["paths"][path][method]["parameters"]:
+                    if parameter["name"] == "model":
+                        parameter["schema"] = {"type": "string", "enum": [graph], "title": "Model"}
+            infer = schema["paths"]["/v2/models/{model}/infer"]["post"]
+            infer["requestBody"] = {"required": True, "content": {"application/json": {"schema": oip.INFER_REQUEST_SCHEMA}}}
+            infer["responses"]["400"] = {"description": 'A bad tensor: {"error": "<what, naming the tensor>"} (the protocol\'s format).'}
         return app.openapi_schema
 
     app.openapi = openapi
@@ -159,7 +166,7 @@ class GraphIngress:
         copy of `api` it froze at import. The middlewares go on here, not at
         import on the driver: they need this app's `http` args and the keys in
         the replica's environment or mounted files."""
-        document_request(self.app, self.executor.request_model)
+        document_request(self.app, self.executor.request_model, self.executor.spec.name)
         http = self.args.http
         return security.install(self.app, http) if http is not None else self.app
 
