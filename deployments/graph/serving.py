@@ -124,16 +124,24 @@ def document_request(app: FastAPI, model: type[BaseModel], graph: str) -> None:
             operation = schema["paths"]["/"]["post"]
             operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
             operation["responses"]["422"] = {"description": "Invalid request: `error.fields` names each field and the reason."}
-            for path, method in (("/v2/models/{model}", "get"), ("/v2/models/{model}/ready", "get"), ("/v2/models/{model}/infer", "post")):
-                for parameter in schema["paths"][path][method]["parameters"]:
-                    if parameter["name"] == "model":
-                        parameter["schema"] = {"type": "string", "enum": [graph], "title": "Model"}
-            infer = schema["paths"]["/v2/models/{model}/infer"]["post"]
-            infer["requestBody"] = {"required": True, "content": {"application/json": {"schema": oip.INFER_REQUEST_SCHEMA}}}
-            infer["responses"]["400"] = {"description": 'A bad tensor: {"error": "<what, naming the tensor>"} (the protocol\'s format).'}
+            document_v2(schema, graph)
         return app.openapi_schema
 
     app.openapi = openapi
+
+
+def document_v2(schema: dict[str, Any], graph: str) -> None:
+    """The Open Inference Protocol's routes in /openapi.json: the model path
+    parameter is the graph's name, the infer body the protocol's request."""
+    paths = schema["paths"]
+    for path, method in (("/v2/models/{model}", "get"), ("/v2/models/{model}/ready", "get"), ("/v2/models/{model}/infer", "post")):
+        for parameter in paths.get(path, {}).get(method, {}).get("parameters", []):
+            if parameter["name"] == "model":
+                parameter["schema"] = {"type": "string", "enum": [graph], "title": "Model"}
+    infer = paths.get("/v2/models/{model}/infer", {}).get("post")
+    if infer is not None:
+        infer["requestBody"] = {"required": True, "content": {"application/json": {"schema": oip.INFER_REQUEST_SCHEMA}}}
+        infer["responses"]["400"] = {"description": 'A bad tensor: {"error": "<what, naming the tensor>"} (the protocol\'s format).'}
 
 
 api = http_app.install(FastAPI(title="graph", description="A declarative graph (docs/graphs.md)."))

@@ -87,7 +87,7 @@ def _graph_ingress(http) -> tuple[types.SimpleNamespace, FastAPI]:
     from deployments.graph.request import request_model
 
     args = GraphArgs.model_validate(_graph_args(http))
-    executor = types.SimpleNamespace(request_model=request_model(args.graph.name, args.graph.request))
+    executor = types.SimpleNamespace(request_model=request_model(args.graph.name, args.graph.request), spec=args.graph)
     return types.SimpleNamespace(app=app, args=args, executor=executor), app
 
 
