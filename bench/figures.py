@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,7 +49,19 @@ def payload(rng: random.Random) -> dict:
     return {"user_id": rng.randint(1, 1000), "item_ids": list(range(start, start + 20)), "k": 5}
 
 
-async def run(url: str, concurrency: int, seconds: float, warmup: int = 20) -> Result:
+def v2_payload(rng: random.Random) -> dict:
+    """The same request as `payload`, as the Open Inference Protocol's infer
+    body (POST <graph>/v2/models/recommend/infer)."""
+    body = payload(rng)
+    return {"inputs": [
+        {"name": "user_id", "datatype": "INT64", "shape": [1], "data": [body["user_id"]]},
+        {"name": "item_ids", "datatype": "INT64", "shape": [len(body["item_ids"])], "data": body["item_ids"]},
+        {"name": "k", "datatype": "INT64", "shape": [1], "data": [body["k"]]},
+    ]}
+
+
+async def run(url: str, concurrency: int, seconds: float, warmup: int = 20,
+              make_payload: Callable[[random.Random], dict] = payload) -> Result:
     """`warmup` requests one after another (not measured), then `concurrency`
     clients for `seconds`; each client draws its payloads from its own seeded
     generator, so that runs send the same mix of users and candidates."""
@@ -58,13 +70,13 @@ async def run(url: str, concurrency: int, seconds: float, warmup: int = 20) -> R
     async with load.client() as client:
         rng = random.Random(concurrency)
         for _ in range(warmup):
-            await load.send(client, payload(rng))
+            await load.send(client, make_payload(rng))
         generators = [random.Random(index) for index in range(concurrency)]
         deadline = time.monotonic() + seconds
         started = time.monotonic()
         await load.run(
             client,
-            lambda index: payload(generators[index]),
+            lambda index: make_payload(generators[index]),
             may_start=lambda: time.monotonic() < deadline,
             record=outcomes.append,
         )

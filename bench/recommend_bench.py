@@ -7,11 +7,13 @@ FastAPI under uvicorn calling the same Feast store and Triton model).
 Prints p50/p95/p99 and requests/s at concurrency 1, 8 and 32 for each, the
 platform/baseline ratios, and the CPU each server's processes (and Triton)
 spent per request, by process (bench/cpu.py): what a slower or busier host
-does not change the way it changes throughput. Each platform variant is a separate `serve run`
-with its own environment and config: the shipped one (`platform`), the same
-with batching across requests off (`platform-no-batching`), and, with
-`--variants`, Ray Serve's defaults without the fast ingress
-(`serve-defaults`, `serve-throughput-optimized`), so what each option
+does not change the way it changes throughput. Each platform variant is a
+separate `serve run` with its own environment and config: the shipped one
+(`platform`), the same with batching across requests off
+(`platform-no-batching`), and, with
+`--variants`, the shipped one called through the Open Inference Protocol's
+REST route (`platform-v2-rest`) and Ray Serve's defaults without the fast
+ingress (`serve-defaults`, `serve-throughput-optimized`), so what each option
 changes is visible.
 """
 from __future__ import annotations
@@ -34,7 +36,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.cpu import spent, tree_cpu  # noqa: E402
-from bench.figures import Result, run  # noqa: E402
+from bench.figures import Result, payload, run, v2_payload  # noqa: E402
 from local_stack.bootstrap import ensure  # noqa: E402
 from local_stack.paths import PROJECT_ROOT, StackPaths  # noqa: E402
 from local_stack.processes import default_sigint, stop_group  # noqa: E402
@@ -45,11 +47,16 @@ from local_stack.serve_configs import free_port, local_config  # noqa: E402
 
 SHIPPED = ("platform", "platform-no-batching")
 
+# Variants that call the graph through the Open Inference Protocol's REST
+# route instead of its JSON route (the same serve run otherwise).
+V2 = "/v2/models/recommend/infer"
+
 
 def variants() -> dict[str, tuple[dict[str, str], bool]]:
     """Name -> (environment of the Serve run, batching across requests on)."""
     return {
         "platform": (local_ray_env(fast_ingress=True), True),
+        "platform-v2-rest": (local_ray_env(fast_ingress=True), True),
         "platform-no-batching": (local_ray_env(fast_ingress=True), False),
         "serve-defaults": (local_ray_env(fast_ingress=False), True),
         "serve-throughput-optimized": (local_ray_env(fast_ingress=False) | {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}, True),
@@ -87,9 +94,10 @@ def measure(name: str, url: str, levels: list[int], seconds: float, pids: dict[s
     """Each level's figures, and the CPU that `pids`' process trees spent on it
     (recorded in CPU[name])."""
     results = []
+    make_payload = v2_payload if url.endswith(V2) else payload
     for concurrency in levels:
         before = {label: tree_cpu(pid) for label, pid in pids.items()}
-        result = asyncio.run(run(url, concurrency, seconds))
+        result = asyncio.run(run(url, concurrency, seconds, make_payload=make_payload))
         used: dict[str, float] = {}
         for label, pid in pids.items():
             for process, cpu_s in spent(before[label], tree_cpu(pid)).items():
@@ -132,6 +140,8 @@ def run_platform(name: str, triton: TritonServer, env: dict[str, str], batching:
     try:
         url = f"http://127.0.0.1:{port}/recommend"
         wait_ok(url, process)
+        if name.endswith("-v2-rest"):
+            url += V2
         return measure(name, url, levels, seconds, {"server": process.pid, "triton": triton.process.pid})
     finally:
         stop_group(process, signal.SIGINT, timeout_s=40)  # serve run shuts its own cluster down
