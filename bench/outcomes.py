@@ -9,10 +9,12 @@ read, and no answer at all is a transport failure.
 """
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 
 SNIPPET_CHARS = 200
 
@@ -56,36 +58,38 @@ def json_error_code(body: Any) -> str | None:
     return None
 
 
-def outcome_of_response(response: httpx.Response, started: float, ended: float) -> Outcome:
-    """Classify an HTTP answer: only 200 is a success (the apps answer 200)."""
+def outcome_of_response(status: int, headers: Mapping[str, str], body: bytes, started: float, ended: float) -> Outcome:
+    """Classify an HTTP answer: only 200 is a success (the apps answer 200).
+    `headers` is looked up case-insensitively by the client's own mapping
+    (aiohttp's CIMultiDict); a plain dict must spell Retry-After in lower case."""
     latency_ms = (ended - started) * 1000.0
-    if response.status_code == 200:
+    if status == 200:
         return Outcome(started, ended, 200, "ok", latency_ms)
     try:
-        code = json_error_code(response.json())
+        code = json_error_code(json.loads(body))
     except ValueError:  # not JSON (Serve's own plain-text 500/503, a proxy's HTML page)
         code = None
     return Outcome(
         started,
         ended,
-        response.status_code,
-        f"http_{response.status_code}",
+        status,
+        f"http_{status}",
         latency_ms,
         error_code=code,
         body_is_json_error=code is not None,
-        retry_after=response.headers.get("retry-after"),
-        body_snippet=response.text[:SNIPPET_CHARS],
+        retry_after=headers.get("retry-after"),
+        body_snippet=body[:SNIPPET_CHARS * 4].decode("utf-8", "replace")[:SNIPPET_CHARS],
     )
 
 
 def outcome_of_error(error: BaseException, started: float, ended: float) -> Outcome:
     """Classify a request that got no HTTP answer."""
-    if isinstance(error, (httpx.TimeoutException, TimeoutError)):
+    if isinstance(error, TimeoutError):  # aiohttp's own timeouts are TimeoutErrors too
         kind = "timeout"
-    elif isinstance(error, httpx.NetworkError):  # refused, reset, closed mid-read
+    elif isinstance(error, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError)):
+        kind = "protocol_error"  # the server hung up before or while answering, or answered garbage
+    elif isinstance(error, aiohttp.ClientConnectionError):  # refused, reset
         kind = "connection_error"
-    elif isinstance(error, httpx.ProtocolError):  # the server hung up mid-answer
-        kind = "protocol_error"
     else:
         kind = "transport_error"
     return Outcome(started, ended, 0, kind, (ended - started) * 1000.0, body_snippet=repr(error)[:SNIPPET_CHARS])

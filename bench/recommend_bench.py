@@ -97,7 +97,9 @@ def measure(name: str, url: str, levels: list[int], seconds: float, pids: dict[s
     make_payload = v2_payload if url.endswith(V2) else payload
     for concurrency in levels:
         before = {label: tree_cpu(pid) for label, pid in pids.items()}
+        client_before = time.process_time()
         result = asyncio.run(run(url, concurrency, seconds, make_payload=make_payload))
+        client_us = (time.process_time() - client_before) / max(result.ok, 1) * 1e6
         used: dict[str, float] = {}
         for label, pid in pids.items():
             for process, cpu_s in spent(before[label], tree_cpu(pid)).items():
@@ -106,7 +108,8 @@ def measure(name: str, url: str, levels: list[int], seconds: float, pids: dict[s
         CPU.setdefault(name, {})[concurrency] = used
         print(
             f"    c={concurrency:<3} p50 {result.p50_ms:6.2f} ms  p95 {result.p95_ms:6.2f}  p99 {result.p99_ms:6.2f}  "
-            f"{result.rps:7.1f} req/s  ({result.ok} ok, {result.failed} failed)  CPU {sum(used.values()):.0f} us/request",
+            f"{result.rps:7.1f} req/s  ({result.ok} ok, {result.failed} failed)  CPU {sum(used.values()):.0f} us/request "
+            f"(the load generator: {client_us:.0f})",
             flush=True,
         )
         results.append(result)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 import numpy as np
 
 from bench.loadgen import HARD_DEADLINE_EXTRA_S, ClosedLoop
@@ -314,7 +314,7 @@ class LoadRun:
             summary = run.stop()
 
     The thread has its own asyncio loop, running bench/loadgen.py's
-    `ClosedLoop` over one httpx.AsyncClient. The run ends at `stop()`, after
+    `ClosedLoop` over one aiohttp.ClientSession. The run ends at `stop()`, after
     `max_seconds` or after `max_requests` requests, whichever comes first.
     `stop()` lets requests in flight answer (each is cut off
     HARD_DEADLINE_EXTRA_S after the client timeout at the latest); leaving
@@ -359,7 +359,7 @@ class LoadRun:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._main_task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
-        self.client: httpx.AsyncClient | None = None  # kept so tests can check it was closed
+        self.client: aiohttp.ClientSession | None = None  # kept so tests can check it was closed
 
     # -- lifecycle -------------------------------------------------------
 

@@ -238,7 +238,7 @@ def test_live_503_fault_is_measured(no_leftovers):
     assert None not in (summary.p99_before_ms, summary.p99_during_ms, summary.p99_after_ms)
     assert summary.sent == summary.succeeded + summary.failed and summary.sent == len(run.outcomes)
     assert [label for label, _ in summary.marks] == ["fault", "recovered"]
-    assert run.client is not None and run.client.is_closed
+    assert run.client is not None and run.client.closed
     assert_fault_contract(summary, max_error_window_s=fault_bound_s)
     with pytest.raises(AssertionError, match="failed where none may"):
         assert_fault_contract(summary, max_error_window_s=fault_bound_s, allow_failures=False)

@@ -5,10 +5,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 
-import httpx
+import aiohttp
 import pytest
+from aiohttp.client_reqrep import ConnectionKey
+from multidict import CIMultiDict
 
 from bench.figures import Result, run
 from bench.outcomes import Outcome, outcome_of_error, outcome_of_response
@@ -19,25 +22,36 @@ from tests.unit.toggle_server import JSON_503, ToggleServer
 # -- classifying one answer ---------------------------------------------------
 
 
+def answer(status: int, body: object = None, *, text: str | None = None, headers: dict[str, str] | None = None, at=(0.0, 1.0)) -> Outcome:
+    content = text.encode() if text is not None else json.dumps(body).encode()
+    return outcome_of_response(status, CIMultiDict(headers or {}), content, *at)
+
+
 def test_classifies_answers_by_status_and_body_shape():
-    shed = outcome_of_response(httpx.Response(503, json=JSON_503, headers={"Retry-After": "2"}), 1.0, 1.25)
+    shed = answer(503, JSON_503, headers={"Retry-After": "2"}, at=(1.0, 1.25))
     assert (shed.status, shed.kind, shed.error_code, shed.body_is_json_error, shed.retry_after) == (
         503, "http_503", "overloaded", True, "2")
     assert shed.latency_ms == pytest.approx(250.0) and not shed.ok
 
-    plain = outcome_of_response(httpx.Response(500, text="Internal Server Error"), 1.0, 1.1)
+    plain = answer(500, text="Internal Server Error", at=(1.0, 1.1))
     assert (plain.kind, plain.error_code, plain.body_is_json_error, plain.retry_after) == ("http_500", None, False, None)
     assert plain.body_snippet == "Internal Server Error"
+    assert len(answer(502, text="é" * 1000).body_snippet) == 200  # cut by characters, multi-byte ones whole
     # JSON, but not the apps' shape (FastAPI's default 422 body; an error without a message)
-    assert not outcome_of_response(httpx.Response(422, json={"detail": [{"loc": ["body"]}]}), 0, 1).body_is_json_error
-    assert not outcome_of_response(httpx.Response(500, json={"error": {"code": "x"}}), 0, 1).body_is_json_error
-    assert outcome_of_response(httpx.Response(200, json={"items": []}), 0, 1).ok
+    assert not answer(422, {"detail": [{"loc": ["body"]}]}).body_is_json_error
+    assert not answer(500, {"error": {"code": "x"}}).body_is_json_error
+    assert answer(200, {"items": []}).ok
 
-    assert outcome_of_error(httpx.ReadTimeout("slow"), 0, 1).kind == "timeout"
+
+def test_classifies_requests_that_got_no_answer():
+    assert outcome_of_error(aiohttp.ServerTimeoutError("slow"), 0, 1).kind == "timeout"
     assert outcome_of_error(TimeoutError(), 0, 1).kind == "timeout"  # the hard per-request deadline
-    refused = outcome_of_error(httpx.ConnectError("refused"), 0, 1)
+    refused = outcome_of_error(aiohttp.ClientConnectorError(ConnectionKey("127.0.0.1", 1, False, True, None, None, None), ConnectionRefusedError()), 0, 1)
     assert (refused.kind, refused.status, refused.transport_failure) == ("connection_error", 0, True)
-    assert outcome_of_error(httpx.RemoteProtocolError("hung up"), 0, 1).kind == "protocol_error"
+    assert outcome_of_error(aiohttp.ClientOSError(104, "reset"), 0, 1).kind == "connection_error"
+    assert outcome_of_error(aiohttp.ServerDisconnectedError(), 0, 1).kind == "protocol_error"
+    assert outcome_of_error(aiohttp.ClientPayloadError("cut short"), 0, 1).kind == "protocol_error"
+    assert outcome_of_error(aiohttp.InvalidURL("x"), 0, 1).kind == "transport_error"
 
 
 # -- the benchmarks' figures ------------------------------------------------
