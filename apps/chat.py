@@ -6,7 +6,7 @@
     POST /v1/chat/completions       (stream: true for server-sent events)
     POST /v1/completions
     GET  /health                    vLLM's engine check
-    GET  /readyz                    ready, with the model's registry version
+    GET  /readyz                    ready or not; with a key (or keys off) the engine's detail, model and registry version
 
 The replica is `ray.serve.llm`'s LLMServer serving vLLM's own OpenAI app
 (direct streaming): HAProxy forwards each request straight to the replica
@@ -32,6 +32,7 @@ from ray import serve
 from ray.serve import Application
 
 from deployments.http import security
+from deployments.http.readiness import CachedReadiness, may_see_details, readiness_response
 from deployments.http.security.errors import error_body, send_error
 from deployments.llm_engine import LLMModelConfig, llm_deployment, registry_source, resolve
 from deployments.llm_metrics import MeteredLLMServer
@@ -52,7 +53,7 @@ class ChatArgs(BaseModel):
 
     model: LLMModelConfig
     http: Optional[ChatHttpSecurity] = Field(
-        None, description="API keys, body limit and request ids (deployments.http.security); none of them when absent."
+        None, description="API keys, body limit and request ids (deployments.http.security); without it only the default body limit (1 MiB)."
     )
 
 
@@ -62,6 +63,8 @@ class RegistryLLMServer(MeteredLLMServer):
     async def __init__(self, llm_config: Any, *, registry: dict[str, str], http: Optional[dict] = None, **kwargs):
         self._registry = registry
         self._http = ChatHttpSecurity.model_validate(http) if http is not None else None
+        self._keys_on = self._http is not None and bool(self._http.api_keys)
+        self._readiness = CachedReadiness(self._engine_check, name="chat")
         await super().__init__(llm_config, **kwargs)
 
     async def __serve_build_asgi_app__(self):
@@ -81,6 +84,8 @@ class RegistryLLMServer(MeteredLLMServer):
             app.add_exception_handler(HTTPException, openai_http_error)
         if self._http is not None:
             security.install(app, self._http)
+        else:
+            security.bound_body(app, error_format="openai")
         return app
 
     def _engine_error(self) -> Optional[BaseException]:
@@ -95,12 +100,20 @@ class RegistryLLMServer(MeteredLLMServer):
                 card["metadata"] = {"registry": self._registry}
         return JSONResponse(listing)
 
-    async def _ready(self) -> JSONResponse:
+    async def _ready(self, request: Request) -> JSONResponse:
+        """Ready or not; the engine's error, the model and its registry
+        version to keyed callers only (deployments/http/readiness.py)."""
+        return readiness_response(
+            await self._readiness.current(), detailed=may_see_details(request.scope, self._keys_on),
+            extra={"model": self._llm_config.model_id, "registry": self._registry},
+        )
+
+    async def _engine_check(self) -> dict[str, tuple[bool, str]]:
         try:
             await self.engine.check_health()
         except Exception as error:  # the engine process died or stalls
-            return JSONResponse({"ready": False, "reason": f"engine: {type(error).__name__}: {error}"}, status_code=503)
-        return JSONResponse({"ready": True, "model": self._llm_config.model_id, "registry": self._registry})
+            return {"engine": (False, f"{type(error).__name__}: {error}")}
+        return {"engine": (True, f"{self._llm_config.model_id} answers")}
 
 
 async def openai_http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:

@@ -3,7 +3,7 @@ deploys of config files (the code path of `serve run` / `serve deploy`)."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 
@@ -58,6 +58,20 @@ def wait_http(url: str, timeout_s: float = 60, status: int = 200) -> httpx.Respo
             last = error
         time.sleep(0.5)
     raise TimeoutError(f"{url} did not answer {status} within {timeout_s} s: {last}")
+
+
+def wait_readiness(url: str, until: Callable[[httpx.Response], bool], timeout_s: float = 15) -> httpx.Response:
+    """GET `url` (a /readyz) until `until(response)`: readiness is refreshed in
+    the background every second (deployments/http/readiness.py), so a change
+    shows within about that, as it does to a probe."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = httpx.get(url, timeout=5)
+        if until(last):
+            return last
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer as expected within {timeout_s} s: {last} {last.text if last is not None else ''}")
 
 
 def replicas() -> dict[str, set[str]]:

@@ -37,7 +37,11 @@ class GraphArgs(BaseModel):
 
     graph: GraphSpec = Field(description="Nodes, flow and output of the graph.")
     http: Optional[HttpSecurity] = Field(
-        None, description="API keys, body limit, request ids and load shedding (deployments/http/security); none of them when absent."
+        None, description="API keys, body limit, request ids and load shedding (deployments/http/security); without it only the default body limit (1 MiB)."
+    )
+    readiness_period_s: float = Field(
+        1.0, gt=0, le=10, description="How often each replica runs its nodes' readiness checks in the background; "
+        "/readyz and Serve's health check read the last result (deployments/http/readiness.py)."
     )
     unhealthy_after_s: float = Field(
         30.0, gt=0, description="check_health fails (Serve replaces the replica) once a node's backend is unreachable this long."

@@ -9,7 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, S
 
 from deployments.errors import InvalidInput
 from deployments.field_paths import reasons
-from deployments.graph.spec import RequestField
+from deployments.graph.spec import DEFAULT_MAX_STR_LENGTH, RequestField
 
 # Ints are 64-bit signed: what Feast's entity keys, numpy and Triton hold. A
 # bigger JSON number is the caller's error (422), not a backend failure.
@@ -22,7 +22,7 @@ _TYPES: dict[str, Any] = {
     "bool": StrictBool,
     "list[int]": list[Int64],
     "list[float]": list[StrictFloat | StrictInt],
-    "list[str]": list[StrictStr],
+    "list[str]": list[Annotated[StrictStr, Field(max_length=DEFAULT_MAX_STR_LENGTH)]],
 }
 
 
@@ -32,7 +32,7 @@ def request_model(name: str, fields: dict[str, RequestField]) -> type[BaseModel]
         annotation = _TYPES[spec.type]
         if spec.unique:
             annotation = Annotated[annotation, AfterValidator(_no_duplicates)]
-        constraints: dict[str, Any] = {"min_length": spec.min_length, "max_length": spec.max_length, "gt": spec.gt}
+        constraints: dict[str, Any] = {"min_length": spec.min_length, "max_length": spec.length_bound, "gt": spec.gt}
         constraints = {k: v for k, v in constraints.items() if v is not None}
         if spec.unique:
             constraints["json_schema_extra"] = {"uniqueItems": True}

@@ -29,6 +29,7 @@ from deployments.graph.args import GraphArgs
 from deployments.graph.executor import GraphExecutor
 from deployments.http import app as http_app
 from deployments.http import security
+from deployments.http.readiness import CachedReadiness, may_see_details, readiness_response
 from deployments.nodes import Node, NodeSpec
 
 
@@ -165,6 +166,8 @@ class GraphIngress:
             return remote[name] if name in remote else spec.build(name, companions.get(name))
 
         self.executor = GraphExecutor(args.graph, node_factory=factory)
+        self.readiness = CachedReadiness(self._checks, period_s=args.readiness_period_s, name=f"graph {args.graph.name}")
+        self._keys_on = args.http is not None and bool(args.http.api_keys)
         # The clock of unhealthy_after_s starts once the replica is built (the
         # build itself takes seconds: Feast, Triton's client, the registry).
         self._last_ready = time.monotonic()
@@ -175,8 +178,9 @@ class GraphIngress:
         import on the driver: they need this app's `http` args and the keys in
         the replica's environment or mounted files."""
         document_request(self.app, self.executor.request_model, self.executor.spec.name)
-        http = self.args.http
-        return security.install(self.app, http) if http is not None else self.app
+        if self.args.http is not None:
+            return security.install(self.app, self.args.http)
+        return security.bound_body(self.app)
 
     @api.post("/")
     async def run(self, request: Request) -> JSONResponse:
@@ -199,7 +203,7 @@ class GraphIngress:
 
     @api.get("/v2/health/ready")
     async def v2_ready(self) -> JSONResponse:
-        ready = all(ok for ok, _ in (await self._checks()).values())
+        ready = all(ok for ok, _ in (await self.readiness.current()).values())
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
     @api.get("/v2/models/{model}")
@@ -209,7 +213,7 @@ class GraphIngress:
     @api.get("/v2/models/{model}/ready")
     async def v2_model_ready(self, model: str) -> JSONResponse:
         async def ready() -> dict:
-            ok = all(ok for ok, _ in (await self._checks()).values())
+            ok = all(ok for ok, _ in (await self.readiness.current()).values())
             if not ok:
                 raise BackendUnavailable(f"graph {model}", "not ready (GET /readyz names the failing check)")
             return {"name": model, "ready": True}
@@ -239,8 +243,9 @@ class GraphIngress:
         return {"status": "live", "graph": self.executor.spec.name, "replica": serve.get_replica_context().replica_id.unique_id}
 
     @api.get("/readyz")
-    async def readyz(self) -> JSONResponse:
-        return http_app.readiness(await self._checks())
+    async def readyz(self, request: Request) -> JSONResponse:
+        """Ready or not, per node; each node's detail to keyed callers (deployments/http/readiness.py)."""
+        return readiness_response(await self.readiness.current(), detailed=may_see_details(request.scope, self._keys_on))
 
     @api.get("/graph", response_class=PlainTextResponse)
     async def picture(self) -> str:
@@ -257,7 +262,8 @@ class GraphIngress:
         a store file gone) and a fresh one is the better bet. Soft nodes do
         not count: the graph answers without them.
         """
-        checks = {name: check for name, check in (await self._checks()).items() if self.executor.spec.nodes[name].dependency == "hard"}
+        checks = {name: check for name, check in (await self.readiness.current()).items()
+                  if name not in self.executor.spec.nodes or self.executor.spec.nodes[name].dependency == "hard"}
         if all(ok for ok, _ in checks.values()):
             self._last_ready = time.monotonic()
             return

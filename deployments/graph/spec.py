@@ -37,25 +37,45 @@ from deployments.nodes.base import Strict as _Strict
 # ---------------------------------------------------------------- request
 
 
+# Every list and string of a request is bounded, also when the graph does not
+# say how: the work a request can ask for, and the memory its parsing takes.
+DEFAULT_MAX_LIST_LENGTH = 1024
+DEFAULT_MAX_STR_LENGTH = 4096
+
+
 class RequestField(_Strict):
     type: Literal["int", "float", "str", "bool", "list[int]", "list[float]", "list[str]"] = Field(
         description="JSON type of the field (ints are strict: 7.0 is not an int)."
     )
     default: Any = Field(None, description="Value when the field is absent; absent and no default: required.")
     required: Optional[bool] = Field(None, description="Default: required unless a default is given.")
-    min_length: Optional[int] = Field(None, ge=0, description="Lists: at least this many elements.")
-    max_length: Optional[int] = Field(None, ge=1, description="Lists: at most this many elements (a bound on the work per request).")
+    min_length: Optional[int] = Field(None, ge=0, description="Lists: at least this many elements; strings: characters.")
+    max_length: Optional[int] = Field(
+        None, ge=1, description=f"Lists: at most this many elements (a bound on the work per request), default {DEFAULT_MAX_LIST_LENGTH}; "
+        f"strings: characters, default {DEFAULT_MAX_STR_LENGTH} (also each string of a list[str])."
+    )
     unique: bool = Field(False, description="Lists: no value twice (a duplicate is a 422 naming it).")
     gt: Optional[float] = Field(None, description="Numbers: strictly greater than this.")
 
     @model_validator(mode="after")
     def _list_options_on_lists(self):
-        given = [name for name in ("min_length", "max_length") if getattr(self, name) is not None] + (["unique"] if self.unique else [])
-        if given and not self.type.startswith("list["):
-            raise ValueError(f"{', '.join(given)}: only for list fields, this one is {self.type}")
+        lengths = [name for name in ("min_length", "max_length") if getattr(self, name) is not None]
+        if lengths and not (self.type.startswith("list[") or self.type == "str"):
+            raise ValueError(f"{', '.join(lengths)}: only for list and str fields, this one is {self.type}")
+        if self.unique and not self.type.startswith("list["):
+            raise ValueError(f"unique: only for list fields, this one is {self.type}")
         if self.min_length is not None and self.max_length is not None and self.min_length > self.max_length:
             raise ValueError(f"min_length {self.min_length} > max_length {self.max_length}")
         return self
+
+    @property
+    def length_bound(self) -> Optional[int]:
+        """The max_length that applies: the given one, else the default of lists and strings."""
+        if self.max_length is not None:
+            return self.max_length
+        if self.type.startswith("list["):
+            return DEFAULT_MAX_LIST_LENGTH
+        return DEFAULT_MAX_STR_LENGTH if self.type == "str" else None
 
     @property
     def is_required(self) -> bool:

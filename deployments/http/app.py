@@ -36,13 +36,6 @@ def install(app: FastAPI) -> FastAPI:
     return app
 
 
-def readiness(checks: dict[str, tuple[bool, str]]) -> JSONResponse:
-    """/readyz: 200 when every check passes, else 503; each check with its detail."""
-    ready = all(ok for ok, _ in checks.values())
-    body = {"ready": ready, "checks": {name: {"ready": ok, "detail": detail} for name, (ok, detail) in checks.items()}}
-    return JSONResponse(body, status_code=200 if ready else 503)
-
-
 class PrefixRoot:
     """ASGI middleware: a request for the app's route prefix itself
     (`POST /recommend` under `route_prefix: /recommend`) reaches the app's

@@ -17,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.integration.test_graph_serve import recommend_app
-from tests.servers import deploy, restore, wait_app, wait_http
+from tests.servers import deploy, restore, wait_app, wait_http, wait_readiness
 
 pytestmark = pytest.mark.integration
 
@@ -143,11 +143,12 @@ def test_an_alias_on_a_version_triton_lacks_is_refused_and_the_old_one_keeps_ser
 
     answer = httpx.post(rollout_url, json=BODY, timeout=10)
     assert answer.status_code == 200 and answer.json()["model"]["version"] == "1"
-    ranker = httpx.get(f"{rollout_url}/readyz", timeout=10).json()["checks"]["ranker"]
+    held = wait_readiness(f"{rollout_url}/readyz", lambda r: "rollout held" in r.json()["checks"]["ranker"]["detail"])
+    ranker = held.json()["checks"]["ranker"]
     assert ranker["ready"]
     assert f"points to version {missing.version}, which Triton" in ranker["detail"]
     assert "still serving version 1" in ranker["detail"]
 
     client.set_registered_model_alias("ranker", ALIAS, "2")  # a served version again: the rollout proceeds
     steady_answer(rollout_url, "2", timeout_s=POLL_S * 5)
-    assert "rollout held" not in httpx.get(f"{rollout_url}/readyz", timeout=10).json()["checks"]["ranker"]["detail"]
+    wait_readiness(f"{rollout_url}/readyz", lambda r: "rollout held" not in r.json()["checks"]["ranker"]["detail"])

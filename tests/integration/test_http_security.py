@@ -50,6 +50,24 @@ def test_health_is_open_and_everything_else_needs_a_key(keyed_url):
     assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
 
 
+def test_readiness_is_open_but_its_details_need_a_key(keyed_url, recommend_url):
+    url, keys = keyed_url
+    anonymous = httpx.get(f"{url}/readyz", timeout=10)
+    assert anonymous.status_code == 200
+    assert anonymous.json() == {"ready": True, "checks": {"features": {"ready": True}, "ranker": {"ready": True}}}
+    keyed = httpx.get(f"{url}/readyz", headers={"X-API-Key": keys["primary"]}, timeout=10).json()
+    assert " version " in keyed["checks"]["ranker"]["detail"], keyed  # "ranker version 1 (@champion)"
+    # the shipped local config has no keys: there every caller sees the details
+    assert "detail" in httpx.get(f"{recommend_url}/readyz", timeout=10).json()["checks"]["ranker"]
+
+
+def test_without_an_http_block_a_body_over_1_mib_is_refused_unread(recommend_url):
+    huge = b'{"user_id": 1, "k": 1, "item_ids": [' + b"1," * 600_000 + b"1]}"
+    answer = httpx.post(recommend_url, content=huge, headers={"Content-Type": "application/json"}, timeout=30)
+    assert answer.status_code == 413 and answer.json()["error"]["code"] == "request_too_large", answer.text
+    assert httpx.post(recommend_url, json=REQUEST, timeout=10).status_code == 200
+
+
 def test_both_named_keys_work_during_a_rotation(keyed_url):
     url, keys = keyed_url
     bearer = httpx.post(url, json=REQUEST, headers={"Authorization": f"Bearer {keys['primary']}"}, timeout=10)

@@ -183,6 +183,21 @@ def test_a_bad_request_is_a_422_naming_every_field():
     ]
 
 
+def test_lists_and_strings_are_bounded_when_the_graph_does_not_say_how():
+    from deployments.graph.spec import DEFAULT_MAX_LIST_LENGTH, DEFAULT_MAX_STR_LENGTH
+
+    request = {"x": {"type": "int"}, "ids": {"type": "list[int]", "default": []}, "note": {"type": "str", "default": ""},
+               "tags": {"type": "list[str]", "default": []}, "short": {"type": "str", "default": "", "max_length": 3}}
+    args = graph_args({"d": py("double", value="request.x")}, sequence("d"), {"y": "d"}, request=request)
+    assert run(args, {"x": 1, "ids": [0] * DEFAULT_MAX_LIST_LENGTH, "note": "n" * DEFAULT_MAX_STR_LENGTH}).output == {"y": 2}
+    too_much = {"x": 1, "ids": [0] * (DEFAULT_MAX_LIST_LENGTH + 1), "note": "n" * (DEFAULT_MAX_STR_LENGTH + 1),
+                "tags": ["ok", "t" * (DEFAULT_MAX_STR_LENGTH + 1)], "short": "four"}
+    with pytest.raises(InvalidInput) as caught:
+        run(args, too_much)
+    assert [f["field"] for f in caught.value.details["fields"]] == ["ids", "note", "tags[1]", "short"]
+    assert all("at most" in f["reason"] for f in caught.value.details["fields"])
+
+
 def test_a_class_callable_is_built_once_with_its_params():
     from tests.graph_callables import Counter
 

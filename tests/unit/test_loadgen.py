@@ -11,7 +11,6 @@ import math
 import aiohttp
 import pytest
 from aiohttp.client_reqrep import ConnectionKey
-from multidict import CIMultiDict
 
 from bench.figures import Result, run
 from bench.outcomes import Outcome, outcome_of_error, outcome_of_response
@@ -24,11 +23,11 @@ from tests.unit.toggle_server import JSON_503, ToggleServer
 
 def answer(status: int, body: object = None, *, text: str | None = None, headers: dict[str, str] | None = None, at=(0.0, 1.0)) -> Outcome:
     content = text.encode() if text is not None else json.dumps(body).encode()
-    return outcome_of_response(status, CIMultiDict(headers or {}), content, *at)
+    return outcome_of_response(status, headers or {}, content, *at)
 
 
 def test_classifies_answers_by_status_and_body_shape():
-    shed = answer(503, JSON_503, headers={"Retry-After": "2"}, at=(1.0, 1.25))
+    shed = answer(503, JSON_503, headers={"retry-after": "2"}, at=(1.0, 1.25))  # aiohttp's headers are case-insensitive
     assert (shed.status, shed.kind, shed.error_code, shed.body_is_json_error, shed.retry_after) == (
         503, "http_503", "overloaded", True, "2")
     assert shed.latency_ms == pytest.approx(250.0) and not shed.ok

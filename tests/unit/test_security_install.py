@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from deployments.http import security
+from deployments.http.readiness import CachedReadiness
 from deployments.http.security import ApiKeyAuth, BodyLimit, HttpSecurity, RequestId
 from tests.unit.asgi_calls import tiny_app
 
@@ -101,12 +102,16 @@ def test_the_graph_replica_installs_its_http_args():
     assert client.post("/", headers={"Authorization": f"Bearer {KEY}"}).json() == {"items": []}
 
 
-def test_the_graph_replica_without_http_args_is_untouched():
+def test_the_graph_replica_without_http_args_still_bounds_the_body():
+    """No keys, no request ids: only the default body limit (1 MiB), 413 before FastAPI reads the JSON."""
     from deployments.graph.serving import GraphIngress
 
     self, app = _graph_ingress(None)
     served = asyncio.run(GraphIngress.func_or_class.__serve_build_asgi_app__(self))
-    assert served is app and app.user_middleware == []
+    assert [m.cls for m in served.user_middleware] == [BodyLimit]
+    client = TestClient(served)
+    assert client.post("/", content=b"[" + b"1," * 600_000 + b"1]").status_code == 413
+    assert client.post("/", content=b"{}").json() == {"items": []}
 
 
 def test_chat_args_answer_in_openai_shape():
@@ -148,9 +153,12 @@ def test_the_chat_replica_guards_vllms_app(monkeypatch):
     server = object.__new__(Replica)  # what RegistryLLMServer.__init__ would leave, minus the engine
     server._registry, server._http = {"version": "1"}, ChatHttpSecurity.model_validate(KEYS)
     server._llm_config, server.engine = types.SimpleNamespace(model_id="smollm2"), types.SimpleNamespace(check_health=healthy)
+    server._keys_on, server._readiness = True, CachedReadiness(server._engine_check, name="chat")
     client = TestClient(asyncio.run(server.__serve_build_asgi_app__()))
 
-    assert client.get("/readyz").json()["ready"] is True
+    assert client.get("/readyz").json() == {"ready": True, "checks": {"engine": {"ready": True}}}, "open, and quiet without a key"
+    keyed = client.get("/readyz", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert (keyed["model"], keyed["registry"], keyed["checks"]["engine"]["detail"]) == ("smollm2", {"version": "1"}, "smollm2 answers")
     rejected = client.post("/v1/chat/completions")
     assert rejected.status_code == 401
     assert rejected.json()["error"] == {

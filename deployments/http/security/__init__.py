@@ -50,6 +50,7 @@ __all__ = [
     "RequestIdFilter",
     "current_request_id",
     "error_body",
+    "bound_body",
     "install",
     "log_request_ids",
     "presented_key",
@@ -106,4 +107,12 @@ def install(app: Starlette, config: Optional[HttpSecurity | dict] = None) -> Sta
         ApiKeyAuth, keys=KeyRing(config.api_keys), exempt_paths=config.exempt_paths, error_format=config.error_format
     )
     app.add_middleware(RequestId, echo=config.echo_request_id)
+    return app
+
+
+def bound_body(app: Starlette, error_format: ErrorFormat = "project") -> Starlette:
+    """An app without an `http:` block still refuses a body over the default
+    limit (1 MiB) with 413, before any of it is parsed; the rest of `install`
+    (keys, request ids, shedding) stays off."""
+    app.add_middleware(BodyLimit, max_bytes=HttpSecurity().max_body_bytes, error_format=error_format)
     return app

@@ -77,16 +77,18 @@ class ApiKeyAuth:
         return is_exempt(scope, self.exempt)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.keys or scope["type"] not in ("http", "websocket") or self.is_exempt(scope):
+        if not self.keys or scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         key = presented_key(scope["headers"])
         name = self.keys.match(key) if key is not None else None
+        if self.is_exempt(scope):  # open to all; a valid key still names its caller (/readyz then says more)
+            await self.app(scope if name is None else _named(scope, name), receive, send)
+            return
         if name is None:
             await self._reject(scope, receive, send, missing=key is None)
             return
-        scope = {**scope, "state": {**scope.get("state", {}), "api_key_name": name}}
-        await self.app(scope, receive, send)
+        await self.app(_named(scope, name), receive, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, *, missing: bool) -> None:
         method = scope.get("method", "WEBSOCKET")
@@ -99,3 +101,7 @@ class ApiKeyAuth:
             scope, receive, send, error_format=self.error_format, status=401, code=code, message=message,
             headers={"WWW-Authenticate": challenge},
         )
+
+
+def _named(scope: Scope, key_name: str) -> Scope:
+    return {**scope, "state": {**scope.get("state", {}), "api_key_name": key_name}}
