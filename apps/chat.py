@@ -21,6 +21,7 @@ from `models:/<name>@<alias>` and `/v1/models` names the version.
 One app serves one model, as one vLLM server does; serve several models as
 several apps, each under its own `route_prefix` (base URL `<prefix>/v1`).
 """
+import json
 from typing import Any, Literal, Optional
 
 from fastapi import HTTPException, Request
@@ -52,6 +53,10 @@ class ChatArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: LLMModelConfig
+    max_n: int = Field(
+        4, ge=1, le=128, description="Most choices one completion request may ask for (`n`, `best_of`): each is a "
+        "sequence the engine runs; more gets 400 naming the field."
+    )
     http: Optional[ChatHttpSecurity] = Field(
         None, description="API keys, body limit and request ids (deployments.http.security); without it only the default body limit (1 MiB)."
     )
@@ -60,8 +65,10 @@ class ChatArgs(BaseModel):
 class RegistryLLMServer(MeteredLLMServer):
     """LLMServer as the app's ingress: vLLM's OpenAI app plus the registry."""
 
-    async def __init__(self, llm_config: Any, *, registry: dict[str, str], http: Optional[dict] = None, **kwargs):
+    async def __init__(self, llm_config: Any, *, registry: dict[str, str], http: Optional[dict] = None,
+                       max_n: int = ChatArgs.model_fields["max_n"].default, **kwargs):
         self._registry = registry
+        self._max_n = max_n
         self._http = ChatHttpSecurity.model_validate(http) if http is not None else None
         self._keys_on = self._http is not None and bool(self._http.api_keys)
         self._readiness = CachedReadiness(self._engine_check, name="chat")
@@ -82,6 +89,7 @@ class RegistryLLMServer(MeteredLLMServer):
         app.add_exception_handler(StarletteHTTPException, openai_http_error)
         if HTTPException not in app.exception_handlers:
             app.add_exception_handler(HTTPException, openai_http_error)
+        app.add_middleware(ChoicesLimit, max_n=self._max_n)  # inside the body limit: it reads a bounded body
         if self._http is not None:
             security.install(app, self._http)
         else:
@@ -149,10 +157,72 @@ class EngineDownGuard:
         )
 
 
+class ChoicesLimit:
+    """ASGI middleware: a completion request that asks for more than `max_n`
+    choices (`n` or `best_of`) gets 400 in OpenAI's shape, naming the field,
+    before vLLM schedules anything: each choice is a sequence the engine runs,
+    and vLLM itself takes any `n`. It reads the body whole, so it sits inside
+    the body limit; the app then reads the same bytes."""
+
+    PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+    def __init__(self, app, max_n: int):
+        self.app = app
+        self.max_n = max_n
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or _app_path(scope) not in self.PATHS:
+            await self.app(scope, receive, send)
+            return
+        chunks, message = [], {"more_body": True}
+        while message.get("more_body"):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client left before sending its body: nothing to answer
+            chunks.append(message.get("body", b""))
+        body = b"".join(chunks)
+        field, value = self._over_limit(body)
+        if field is not None:
+            await send_error(
+                scope, receive, send, error_format="openai", status=400, code="too_many_choices", param=field,
+                message=f"{field} is {value}; this server allows at most {self.max_n} choices per request",
+            )
+            return
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    def _over_limit(self, body: bytes) -> tuple[Optional[str], Any]:
+        """The first of `n`, `best_of` over the limit, and its value; a body
+        that is not a JSON object is vLLM's to refuse."""
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return None, None
+        if isinstance(request, dict):
+            for field in ("n", "best_of"):
+                value = request.get(field)
+                if isinstance(value, int) and not isinstance(value, bool) and value > self.max_n:
+                    return field, value
+        return None, None
+
+
+def _app_path(scope) -> str:
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
 def build(args: ChatArgs) -> Application:
     args = ChatArgs.model_validate(args)
     resolved = resolve(args.model)
-    bind_kwargs: dict[str, Any] = {"registry": registry_source(args.model, resolved)}
+    bind_kwargs: dict[str, Any] = {"registry": registry_source(args.model, resolved), "max_n": args.max_n}
     if args.http is not None:  # names and sources only: the keys are read in the replica
         bind_kwargs["http"] = args.http.model_dump(mode="json")
     return llm_deployment(

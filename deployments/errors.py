@@ -15,10 +15,11 @@ def error_body(
     """`project`: {"error": {"code", "message", ...details}}. `openai`: the
     OpenAI API's {"error": {"message", "type", "param", "code"}}, which the
     chat app's clients (the official `openai` package among them) expect; it
-    has no room for details, so they belong in `message` too. `openai_type`
+    has no room for details but `param` (the request field at fault), so they
+    belong in `message` too. `openai_type`
     defaults to what api.openai.com answers for auth and size errors alike."""
     if error_format == "openai":
-        return {"error": {"message": message, "type": openai_type, "param": None, "code": code}}
+        return {"error": {"message": message, "type": openai_type, "param": details.get("param"), "code": code}}
     return {"error": {"code": code, "message": message, **details}}
 
 

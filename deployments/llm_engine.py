@@ -48,6 +48,10 @@ class LLMModelConfig(BaseModel):
     accelerator_type: Optional[str] = Field(None, description="GPU type for scheduling, e.g. L4 or A10G (gpu only).")
     engine: EngineArgs = Field(default_factory=EngineArgs)
     num_replicas: int = Field(1, ge=1)
+    max_queued_requests: int = Field(
+        128, ge=1, description="Requests that may wait for a replica beyond its 64 in flight; more get Serve's 503 "
+        "at once instead of a queue that grows with the load."
+    )
     engine_metrics: bool = Field(
         True,
         description="vLLM's engine metrics as Ray metrics (the ray_vllm_* series the dashboards and alerts use), "
@@ -134,7 +138,7 @@ def llm_config(model: LLMModelConfig, resolved: ResolvedModel) -> Any:
     # A dead engine fails the replica's health check (vLLM's check_health);
     # checked every 2 s, Serve replaces the replica within ~3 checks.
     options: dict[str, Any] = {"num_replicas": model.num_replicas, "max_ongoing_requests": 64,
-                               "health_check_period_s": HEALTH_CHECK_PERIOD_S}
+                               "max_queued_requests": model.max_queued_requests, "health_check_period_s": HEALTH_CHECK_PERIOD_S}
     hardware: dict[str, Any]
     if model.accelerator == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = f"{engine.kv_cache_space_gib:g}"

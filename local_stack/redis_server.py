@@ -9,6 +9,7 @@ optionally a password; in its own process group, stopped through it.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
 import subprocess
@@ -66,18 +67,30 @@ class RedisServer:
             "--daemonize", "no",
             "--logfile", "",  # stdout: the log file or nowhere
         ]
-        if self.password is not None:
-            command += ["--requirepass", self.password]
         return command
+
+    def _write_password_file(self) -> Path:
+        """The password in a config file only its owner can read, named on the
+        command line instead of the password itself (a process list shows
+        every argument to every local user)."""
+        path = self.workdir / "auth.conf"
+        quoted = '"' + self.password.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(f"requirepass {quoted}\n")
+        return path
 
     def start(self, timeout_s: float = 10.0) -> "RedisServer":
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError(f"redis-server already running on port {self.port} (pid {self.process.pid})")
         self.workdir = Path(tempfile.mkdtemp(prefix="sg-redis-"))
+        command = self.command()
+        if self.password is not None:  # redis-server reads a config file named first, then the options
+            command.insert(1, str(self._write_password_file()))
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         try:
             self.process = subprocess.Popen(
-                self.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
             )
         finally:
             if out is not subprocess.DEVNULL:

@@ -122,6 +122,23 @@ def test_relays_and_engine_polls_do_not_preempt_the_replica(client):
     assert policies(psutil.Process(engine).parent().pid) == {os.SCHED_OTHER}  # the replica
 
 
+def test_more_choices_than_the_cap_is_400_naming_the_field_and_the_engine_runs_none(client, chat_url):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], n=5, max_tokens=2)
+    error = refused.value.body
+    assert (error["param"], error["code"]) == ("n", "too_many_choices") and "at most 4" in error["message"]
+    answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], n=2, max_tokens=2, seed=7)
+    assert len(answer.choices) == 2, "at the cap or under, vLLM gets the same body"
+
+
+def test_readiness_says_ready_and_the_engine_detail_without_keys(chat_url):
+    ready = httpx.get(f"{chat_url.removesuffix('/v1')}/readyz", timeout=10).json()
+    assert ready["ready"] is True and ready["checks"]["engine"]["ready"] is True
+    assert ready["registry"]["alias"] == "champion", "keys are off locally: every caller sees the details"
+
+
 def test_unknown_model_is_404_in_openai_error_format(chat_url):
     response = httpx.post(
         f"{chat_url}/chat/completions", json={"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}, timeout=30

@@ -112,6 +112,9 @@ def test_the_throwaway_redis_is_loopback_only_and_keeps_nothing(redis, secured):
     config = client.config_get("*")
     assert (config["bind"], config["protected-mode"], config["save"], config["appendonly"]) == ("127.0.0.1", "yes", "", "no")
     assert config["requirepass"] == server.password
+    import psutil
+
+    assert server.password not in " ".join(psutil.Process(server.process.pid).cmdline()), "the password is in the process list"
     assert server.ping() and redis.ping()
     with pytest.raises(redis_py.AuthenticationError):
         redis_py.Redis(host="127.0.0.1", port=server.port, socket_timeout=2, retry=None).ping()

@@ -144,6 +144,20 @@ def test_the_key_value_never_shows_in_logs_reprs_or_errors(keys, monkeypatch, ca
         assert value not in seen  # ...never their values
 
 
+def test_a_rejected_path_cannot_forge_a_log_line(keys, caplog):
+    caplog.set_level(logging.INFO)
+    forged = "/v1/echo\nINFO accepted GET /admin by key primary\r"
+    assert call(tiny_app(keys), forged).status == 401
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rejected")]
+    assert logged == ["rejected POST /v1/echo\\nINFO accepted GET /admin by key primary\\r: no API key"]
+    assert call(tiny_app(keys), "/" + "a" * 5000).status == 401
+    assert max(len(r.getMessage()) for r in caplog.records) < 300, "a long path is cut in the log"
+
+
+def test_serves_route_listing_needs_a_key(client):
+    assert client.get("/-/routes").status_code == 401
+
+
 def test_a_key_source_that_cannot_be_read_fails_at_install(tmp_path, monkeypatch):
     monkeypatch.delenv("SG_KEY_UNSET", raising=False)
     with pytest.raises(KeyUnavailable, match="'primary': environment variable SG_KEY_UNSET is unset or empty"):

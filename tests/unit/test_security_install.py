@@ -38,7 +38,7 @@ def test_an_anonymous_oversized_request_learns_only_that_it_needs_a_key():
 def test_defaults():
     config = HttpSecurity()
     assert config.api_keys == [] and config.max_body_bytes == 1 << 20 and config.error_format == "project"
-    assert config.exempt_paths == ["/healthz", "/readyz", "/health", "/-/healthz", "/-/routes"]
+    assert config.exempt_paths == ["/healthz", "/readyz", "/health", "/-/healthz"]  # /-/routes lists the apps: keyed
 
 
 @pytest.mark.parametrize(
@@ -153,7 +153,7 @@ def test_the_chat_replica_guards_vllms_app(monkeypatch):
     server = object.__new__(Replica)  # what RegistryLLMServer.__init__ would leave, minus the engine
     server._registry, server._http = {"version": "1"}, ChatHttpSecurity.model_validate(KEYS)
     server._llm_config, server.engine = types.SimpleNamespace(model_id="smollm2"), types.SimpleNamespace(check_health=healthy)
-    server._keys_on, server._readiness = True, CachedReadiness(server._engine_check, name="chat")
+    server._keys_on, server._readiness, server._max_n = True, CachedReadiness(server._engine_check, name="chat"), 4
     client = TestClient(asyncio.run(server.__serve_build_asgi_app__()))
 
     assert client.get("/readyz").json() == {"ready": True, "checks": {"engine": {"ready": True}}}, "open, and quiet without a key"

@@ -29,7 +29,7 @@ from deployments.http.security.keys import KeyRing
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EXEMPT_PATHS = ("/healthz", "/readyz", "/health", "/-/healthz", "/-/routes")
+DEFAULT_EXEMPT_PATHS = ("/healthz", "/readyz", "/health", "/-/healthz")
 
 # (code, message, WWW-Authenticate) for no key and for a wrong one
 _MISSING = ("missing_api_key", "an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`", "Bearer")
@@ -47,6 +47,13 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> Optional[bytes]:
         elif name == b"x-api-key" and api_key is None and value.strip():
             api_key = value.strip()
     return bearer if bearer is not None else api_key
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """A client's text for a log line: control characters escaped (a path
+    with a newline cannot start a line of its own) and cut at `limit`."""
+    escaped = text.encode("unicode_escape").decode("ascii")
+    return escaped if len(escaped) <= limit else escaped[:limit] + "..."
 
 
 def is_exempt(scope: Scope, exempt: frozenset[str]) -> bool:
@@ -92,7 +99,7 @@ class ApiKeyAuth:
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, *, missing: bool) -> None:
         method = scope.get("method", "WEBSOCKET")
-        logger.info("rejected %s %s: %s API key", method, scope["path"], "no" if missing else "invalid")
+        logger.info("rejected %s %s: %s API key", method, printable(scope["path"]), "no" if missing else "invalid")
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})  # policy violation, before accept
             return

@@ -18,6 +18,7 @@ import sys
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deployments.http.security.auth import printable
 from deployments.http.security.errors import ErrorFormat, send_error
 
 logger = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class BodyLimit:
             await self._too_large(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        logger.info("rejected %s %s: body over %d bytes", scope.get("method"), scope["path"], self.max_bytes)
+        logger.info("rejected %s %s: body over %d bytes", printable(str(scope.get("method"))), printable(scope["path"]), self.max_bytes)
         await send_error(
             scope, receive, send, error_format=self.error_format, status=413, code="request_too_large",
             message=f"request body exceeds the limit of {self.max_bytes} bytes", limit_bytes=self.max_bytes,
