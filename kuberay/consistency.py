@@ -13,7 +13,8 @@ then fail at run time.
   from a file of the Secret the worker pods mount (`secrets.api_keys` in
   kuberay/cluster.yaml): `<mount_path>/<key>`, never an environment
   variable (the pods set none for keys), never a path the pods do not have;
-- an LLM node that calls the chat app through the serve Service sends a key.
+- an LLM node that calls the chat app through the serve Service, or the
+  vLLM server, sends a key (the vLLM server's: VLLM_API_KEY of the Ray pods).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Any, Iterator, Optional
 
+from kuberay.rayservice import VLLM_API_KEY_ENV
 from kuberay.spec import ClusterSpec
 
 # A Secret's data keys, hence the file names of a mounted Secret (never ".", "..",
@@ -139,6 +141,11 @@ def problems(spec: ClusterSpec, serve_config: dict[str, Any]) -> list[str]:
                 found.append(f"{path}.url: {llm['url']!r}, but the LLM services are {vllm_url!r} and {chat_url!r}")
             elif llm["url"].rstrip("/") == vllm_url and llm.get("model") != spec.vllm.model:
                 found.append(f"{path}.model: {llm.get('model')!r}, but the vLLM server serves {spec.vllm.model!r}")
+            elif llm["url"].rstrip("/") == vllm_url and llm.get("api_key_env") != VLLM_API_KEY_ENV:
+                found.append(
+                    f"{path}.api_key_env: {llm.get('api_key_env')!r}, but the vLLM server requires its key, which "
+                    f"the Ray pods have as {VLLM_API_KEY_ENV} (secrets.vllm_api_key in kuberay/cluster.yaml)"
+                )
             elif llm["url"].rstrip("/") == chat_url and chat_needs_key and not llm.get("api_key_env"):
                 found.append(
                     f"{path}.api_key_env: unset, but {llm['url']!r} is the chat app, which "

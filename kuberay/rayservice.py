@@ -15,6 +15,8 @@ from kuberay.spec import ClusterSpec, Resources, WorkerGroup
 
 # Ray's own ports (defaults of `ray start`, which KubeRay runs in the container).
 GCS_PORT, DASHBOARD_PORT, CLIENT_PORT, METRICS_PORT, AGENT_PORT = 6379, 8265, 10001, 8080, 52365
+# The vLLM server's key in the Ray pods' environment (and the vLLM pods').
+VLLM_API_KEY_ENV = "VLLM_API_KEY"
 # The dashboard agent's unified check (Ray >= 2.53): raylet, plus GCS on the head.
 NODE_HEALTH_PATH = "/api/healthz"
 # Volumes of the Ray pods (KubeRay adds its own: shared-mem at /dev/shm, ray-logs at /tmp/ray on the head).
@@ -33,6 +35,8 @@ def ray_env(spec: ClusterSpec) -> list[dict[str, Any]]:
         pods.secret_env("FEAST_REDIS_CONNECTION", spec.secrets.feast_redis_connection),
         *pods.registry_credentials(spec),  # the URI is in the Serve config's args
         pods.secret_env("HF_TOKEN", spec.secrets.hf_token),
+        # What a remote LLM node sends to the vLLM server (api_key_env: VLLM_API_KEY, kuberay/consistency.py).
+        pods.secret_env(VLLM_API_KEY_ENV, spec.secrets.vllm_api_key),
     ]
 
 
@@ -180,6 +184,9 @@ def rayservice(spec: ClusterSpec, serve_config_text: str) -> dict[str, Any]:
             "serveConfigV2": serve_config_text,
             "rayClusterConfig": {
                 "rayVersion": service.ray_version,
+                # Ray's token auth: the dashboard, Jobs API, GCS and client port refuse a caller without
+                # the token; KubeRay sets RAY_AUTH_MODE and RAY_AUTH_TOKEN (from this Secret) in every Ray container.
+                "authOptions": {"mode": "token", "secretName": spec.secrets.ray_auth_token},
                 "enableInTreeAutoscaling": True,
                 "autoscalerOptions": autoscaler_options(spec),
                 "headGroupSpec": head_group(spec),

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from deployments.paths import project_path
-from kuberay import consistency, ingress, triton, vllm_server
+from kuberay import consistency, exposure, ingress, network_policies, triton, vllm_server
 from kuberay.rayservice import rayservice
 from kuberay.spec import ClusterSpec, load_spec
 
@@ -54,19 +54,30 @@ def dump(documents: list[dict[str, Any]], header: str) -> str:
 
 def manifests(spec: ClusterSpec, serve_config_text: str) -> dict[str, list[dict[str, Any]]]:
     """File name -> the objects in it. Refuses a spec and Serve config that
-    disagree (kuberay/consistency.py)."""
+    disagree (kuberay/consistency.py), and objects that leave the cluster
+    open (kuberay/exposure.py)."""
     serve_config = yaml.safe_load(serve_config_text)
     if not isinstance(serve_config, dict):
         raise RenderError(f"{spec.rayservice.serve_config}: not a mapping")
     found = consistency.problems(spec, serve_config)
     if found:
         raise RenderError(f"{spec.rayservice.serve_config} and kuberay/cluster.yaml disagree:\n" + "\n".join(found))
-    return {
+    rendered = {
         "rayservice.yaml": [rayservice(spec, serve_config_text)],
         "triton.yaml": triton.manifests(spec),
         "vllm.yaml": vllm_server.manifests(spec),
         "ingress.yaml": ingress.manifests(spec),
+        "network-policies.yaml": network_policies.manifests(spec),
     }
+    return refuse_exposed(rendered)
+
+
+def refuse_exposed(rendered: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """`rendered`, unless it leaves something open (kuberay/exposure.py)."""
+    found = exposure.problems([doc for docs in rendered.values() for doc in docs])
+    if found:
+        raise RenderError("the manifests would leave the cluster open:\n" + "\n".join(found))
+    return rendered
 
 
 def render(spec_file: Path = SPEC_FILE) -> dict[str, str]:

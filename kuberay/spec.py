@@ -84,6 +84,39 @@ class Secrets(Strict):
         description="The apps' API keys, one Secret key per named key, mounted in the Ray worker pods (where the "
         "replicas run); every http.api_keys[].file of the Serve config must be a file of it (kuberay/consistency.py)."
     )
+    ray_auth_token: str = Field(
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Secret with data key auth_token: Ray's token (authOptions mode token). Every Ray pod gets it; "
+        "the dashboard, Jobs API, GCS and client port refuse a caller without it.",
+    )
+    vllm_api_key: SecretRef = Field(
+        description="The vLLM server's API key: VLLM_API_KEY of the vLLM pods (vLLM then refuses /v1 without it) "
+        "and of the Ray pods, where a remote LLM node sends it (api_key_env: VLLM_API_KEY, checked)."
+    )
+
+
+class ExternalBackend(Strict):
+    """A server the cluster uses but this render does not deploy (MLflow, Redis):
+    its NetworkPolicy admits only the pods that call it."""
+
+    name: str = Field(pattern=DNS_1035)
+    pod_labels: dict[str, str] = Field(min_length=1, description="Labels selecting its pods.")
+    ports: list[int] = Field(min_length=1)
+    clients: list[Literal["ray", "triton", "vllm"]] = Field(
+        default_factory=lambda: ["ray"], description="Whose pods may connect: the Ray pods, and the model servers' "
+        "init containers that export from the registry."
+    )
+
+
+class NetworkSpec(Strict):
+    """Who may reach what (kuberay/network_policies.py)."""
+
+    ingress_controller_namespace: str = Field(pattern=DNS_1035, description="Where the Ingress controller runs: "
+                                              "the only namespace that reaches the serve port.")
+    monitoring_namespace: str = Field(pattern=DNS_1035, description="Where Prometheus runs: it reaches the metrics ports.")
+    kuberay_operator_namespace: str = Field(pattern=DNS_1035, description="Where the KubeRay operator runs: it reaches "
+                                            "the Ray dashboard (serveConfigV2, Serve's status) and the agents' port.")
+    external_backends: list[ExternalBackend] = Field(default_factory=list)
 
 
 class Resources(Strict):
@@ -248,6 +281,7 @@ class ClusterSpec(Strict):
     triton: TritonSpec
     vllm: VLLMSpec
     ingress: IngressSpec
+    network: NetworkSpec
 
     def service_host(self, name: str) -> str:
         """The in-cluster DNS name of a Service of this namespace."""

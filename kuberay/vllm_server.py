@@ -51,6 +51,8 @@ def _server_container(spec: ClusterSpec) -> dict[str, Any]:
         ],
         env=[
             pods.secret_env("HF_TOKEN", spec.secrets.hf_token),
+            # vLLM then answers /v1 only to `Authorization: Bearer <key>` (the Ray pods have it).
+            pods.secret_env("VLLM_API_KEY", spec.secrets.vllm_api_key),
             # The weights are local; nothing is fetched from a hub at start.
             {"name": "HF_HUB_OFFLINE", "value": "1"},
             {"name": "TRANSFORMERS_OFFLINE", "value": "1"},

@@ -74,6 +74,7 @@ def test_every_rendered_manifest_passes_every_check(objects):
             kinds.append(doc["kind"])
     assert sorted(kinds) == sorted(
         ["RayService", "Deployment", "Service", "HorizontalPodAutoscaler", "Deployment", "Service", "Ingress"]
+        + ["NetworkPolicy"] * (3 + len(SPEC.network.external_backends))
     )
 
 
@@ -523,7 +524,9 @@ def _serve_text(edit) -> str:
          "applications[1].args.http.api_keys: none, so every route of application 'chat' would be open"),
         (lambda c: c["applications"][0]["args"]["http"].update(api_keys=[]),
          "applications[0].args.http.api_keys: none, so every route of application 'recommend' would be open"),
-        (lambda c: c["applications"][0]["args"]["graph"]["nodes"]["explain"]["config"].update(url="http://serve-graphs-serve.serve-graphs.svc:8000/v1"),
+        (lambda c: c["applications"][0]["args"]["graph"]["nodes"]["explain"].update(config={
+            **{k: v for k, v in c["applications"][0]["args"]["graph"]["nodes"]["explain"]["config"].items() if k != "api_key_env"},
+            "url": "http://serve-graphs-serve.serve-graphs.svc:8000/v1"}),
          "applications[0].args.graph.nodes.explain.config.api_key_env: unset, but 'http://serve-graphs-serve.serve-graphs.svc:8000/v1' "
          "is the chat app, which requires an API key"),
     ],
@@ -549,7 +552,7 @@ def test_per_app_key_names_in_the_same_secret_render():
         for key in config["applications"][1]["args"]["http"]["api_keys"]:
             key["file"] = f"/var/run/secrets/serve-graphs/api-keys/chat-{key['name']}"
 
-    assert set(render.manifests(SPEC, _serve_text(edit))) == {"rayservice.yaml", "triton.yaml", "vllm.yaml", "ingress.yaml"}
+    assert set(render.manifests(SPEC, _serve_text(edit))) == {"rayservice.yaml", "triton.yaml", "vllm.yaml", "ingress.yaml", "network-policies.yaml"}
 
 
 def test_feast_cluster_repo_reads_redis_settings_from_the_environment(monkeypatch):
