@@ -4,9 +4,23 @@ place that writes an error body (`error_body`): the graph's errors, the HTTP
 layer's 422s and the security middlewares' rejections all come through it."""
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 ErrorFormat = Literal["project", "openai"]
+
+logger = logging.getLogger("ray.serve.serve_graphs.errors")
+
+
+def public_reason(error: BaseException, where: str) -> str:
+    """What an error body may say about a backend's or a callable's
+    exception: its class (and a gRPC status code when it has one), never its
+    text, which can carry hosts, ports, paths, queries or data. The text goes
+    to the replica's log, with the request id, under `where`."""
+    logger.warning("%s failed: %s: %s", where, type(error).__name__, str(error)[:2000])
+    status = getattr(error, "status", None)
+    code = status() if callable(status) else None  # tritonclient's InferenceServerException: "StatusCode.UNAVAILABLE"
+    return f"{type(error).__name__} ({code})" if isinstance(code, str) and code else type(error).__name__
 
 
 def error_body(

@@ -33,7 +33,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from deployments.errors import BackendTimeout, GraphError
+from deployments.errors import BackendTimeout, GraphError, public_reason
 from deployments.graph import request as request_schema
 from deployments.graph.errors import NodeFailed, UnresolvedReference
 from deployments.graph.references import REQUEST, Missing, Reference
@@ -271,7 +271,7 @@ class GraphExecutor:
                 raise BackendTimeout(name, spec.timeout_s) from None
             raise NodeFailed(name, "timed out") from None
         except Exception as error:
-            raise NodeFailed(name, f"{type(error).__name__}: {str(error)[:300]}") from error
+            raise NodeFailed(name, public_reason(error, f"node {name}")) from error
 
     def _inputs(self, value: str | list[str], where: str, state: dict[str, Any]) -> Any:
         if isinstance(value, list):

@@ -33,7 +33,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployments.errors import BackendTimeout, BackendUnavailable, NotFound
+from deployments.errors import BackendTimeout, BackendUnavailable, NotFound, public_reason
 from deployments.nodes.base import Node, NodeSpec
 from deployments.nodes.batching import Batcher, Failed
 from deployments.paths import project_path
@@ -309,7 +309,7 @@ class FeatureLookup:
         except asyncio.TimeoutError:
             raise BackendTimeout(self.backend, self.config.timeout_s) from None
         except Exception as error:  # the online store is gone or broken
-            raise BackendUnavailable(self.backend, f"{type(error).__name__}: {error}") from error
+            raise BackendUnavailable(self.backend, public_reason(error, self.backend)) from error
 
     async def ready(self) -> tuple[bool, str]:
         """A real round trip to the online store (a lookup of a key nobody has)."""

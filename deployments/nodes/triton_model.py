@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployments.errors import BackendTimeout, BackendUnavailable
+from deployments.errors import BackendTimeout, BackendUnavailable, public_reason
 from deployments.local_supervision import supervisor_note
 from deployments.nodes.base import Node, NodeSpec
 from deployments.nodes.batching import Batcher, Failed
@@ -177,7 +177,7 @@ class TritonModel:
         except Exception as error:
             if "DEADLINE_EXCEEDED" in str(error) or "Deadline Exceeded" in str(error):
                 raise BackendTimeout(self.backend, self.config.timeout_s) from None
-            raise BackendUnavailable(self.backend, _short(error)) from error
+            raise BackendUnavailable(self.backend, public_reason(error, f"{self.backend} at {self.config.url}")) from error
         return result.as_numpy(self.config.output_name).reshape(len(batch))
 
     async def ready(self) -> tuple[bool, str]:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 import secrets
+import time
 
 import httpx
 import pytest
 
-from tests.servers import deploy, restore, wait_app, wait_http
+from tests.servers import deploy, metric_sum, restore, scrape, wait_app, wait_http
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +19,8 @@ REQUEST = {"user_id": 5, "item_ids": [1, 2, 3, 4], "k": 2, "explain": False}
 @pytest.fixture(scope="module")
 def keyed_url(serve_config, recommend_url, tmp_path_factory):
     """The recommend graph again under /recommend-keys, with two named keys
-    from files (as Kubernetes Secrets are mounted) and a 4 KiB body limit."""
+    from files (as Kubernetes Secrets are mounted), `next` limited to 0.5
+    requests/s with a burst of 3, and a 4 KiB body limit."""
     folder = tmp_path_factory.mktemp("keys")
     keys = {"primary": secrets.token_urlsafe(24), "next": secrets.token_urlsafe(24)}
     for name, value in keys.items():
@@ -27,7 +29,8 @@ def keyed_url(serve_config, recommend_url, tmp_path_factory):
     app = copy.deepcopy(config["applications"][0])
     app["name"], app["route_prefix"] = "recommend-keys", "/recommend-keys"
     app["args"]["http"] = {
-        "api_keys": [{"name": name, "file": str(folder / name)} for name in keys],
+        "api_keys": [{"name": "primary", "file": str(folder / "primary")},
+                     {"name": "next", "file": str(folder / "next"), "rate_limit": {"requests_per_s": 0.5, "burst": 3}}],
         "max_body_bytes": 4096,
     }
     config["applications"].append(app)
@@ -92,3 +95,22 @@ def test_the_request_id_comes_back_on_answers_and_rejections(keyed_url):
     rejected = httpx.post(url, json=REQUEST, headers={"X-Request-ID": "req-def.456"}, timeout=10)
     assert "req-abc.123" in ok.headers.get_list("x-request-id")
     assert "req-def.456" in rejected.headers.get_list("x-request-id")
+
+
+def test_a_key_over_its_rate_gets_429_and_the_other_key_does_not(keyed_url, ray_cluster):
+    url, keys = keyed_url
+    limited = [httpx.post(url, json=REQUEST, headers={"X-API-Key": keys["next"]}, timeout=10) for _ in range(6)]
+    refused = [r for r in limited if r.status_code == 429]
+    assert refused and all(r.status_code in (200, 429) for r in limited), [r.status_code for r in limited]
+    assert refused[0].headers["retry-after"] == "2"
+    assert refused[0].json()["error"]["code"] == "rate_limit_exceeded" and "'next'" in refused[0].json()["error"]["message"]
+    assert [httpx.post(url, json=REQUEST, headers={"X-API-Key": keys["primary"]}, timeout=10).status_code for _ in range(4)] == [200] * 4
+    deadline = time.monotonic() + 60  # Ray exports metrics every few seconds
+    while time.monotonic() < deadline:
+        text = scrape(ray_cluster["metrics_url"])
+        if metric_sum(text, "ray_api_key_requests_total", app="recommend-keys", key="next", outcome="rate_limited") >= len(refused):
+            break
+        time.sleep(2)
+    assert metric_sum(text, "ray_api_key_requests_total", app="recommend-keys", key="next", outcome="rate_limited") >= len(refused)
+    assert metric_sum(text, "ray_api_key_requests_total", app="recommend-keys", key="primary", outcome="accepted") >= 4
+    assert keys["next"] not in text and keys["primary"] not in text, "metrics name keys, never their values"

@@ -114,22 +114,19 @@ def test_a_soft_node_s_failure_leaves_null_and_the_reason():
     nodes = {"d": py("double", value="request.x"), "bad": {**py("fail", value="d"), "dependency": "soft"}}
     answer = run(graph_args(nodes, sequence("d", "bad"), {"y": "d", "extra": "bad"}), {"x": 2})
     assert answer.output == {"y": 4, "extra": None}
-    assert answer.errors == {"bad": "node bad failed: RuntimeError: this node always fails"}
+    assert answer.errors == {"bad": "node bad failed: RuntimeError"}, "the class, not the text: that goes to the log"
 
 
-def test_a_hard_node_s_failure_fails_the_request_with_a_clear_status():
+def test_a_hard_node_s_failure_fails_the_request_with_a_clear_status(caplog):
     nodes = {"bad": py("fail", value="request.x")}
     with pytest.raises(NodeFailed) as caught:
         run(graph_args(nodes, sequence("bad"), {"y": "bad"}), {"x": 2})
     assert caught.value.status == 500
     assert caught.value.body() == {
-        "error": {
-            "code": "node_failed",
-            "message": "node bad failed: RuntimeError: this node always fails",
-            "node": "bad",
-            "reason": "RuntimeError: this node always fails",
-        }
+        "error": {"code": "node_failed", "message": "node bad failed: RuntimeError", "node": "bad", "reason": "RuntimeError"}
     }
+    # the exception's text (it may name hosts, files or data) is in the log, not the body
+    assert "node bad failed: RuntimeError: this node always fails" in caplog.text
 
 
 NODE_TIMEOUT_S = 0.2  # the slow node's timeout_s

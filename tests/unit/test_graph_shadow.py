@@ -68,7 +68,7 @@ def test_a_failing_candidate_is_counted_and_the_answer_is_unaffected():
     assert all(a.output["y"]["scores"] == [0.0, 0.1] and a.errors == {} for a in answers)
     counts = executor.shadows.counts["ranked"]
     assert (counts.mirrored, counts.compared, counts.failed) == (3, 0, 3)
-    assert counts.last_error == "node candidate failed: RuntimeError: this node always fails"
+    assert counts.last_error == "node candidate failed: RuntimeError"
 
 
 def test_a_candidate_past_its_timeout_is_a_counted_failure():

@@ -1,6 +1,6 @@
-"""HTTP hardening for the platform's apps: who may call (API keys), how much
-they may send (a body limit), and which request a log line belongs to
-(request ids). Three small ASGI middlewares, installed together from one
+"""HTTP hardening for the platform's apps: who may call (API keys, each with
+an optional rate), how much they may send (a body limit), and which request
+a log line belongs to (request ids). Three small ASGI middlewares, installed together from one
 typed config:
 
     from deployments.http import security
@@ -32,6 +32,7 @@ from deployments.http.security.auth import DEFAULT_EXEMPT_PATHS, ApiKeyAuth, pre
 from deployments.http.security.errors import ErrorFormat, error_body
 from deployments.http.security.keys import ApiKeySource, KeyAbsent, KeyRing, KeyUnavailable
 from deployments.http.security.limits import BodyLimit
+from deployments.http.security.rate_limits import KeyRateLimits, RateLimit
 from deployments.http.security.shedding import InFlightLimit
 from deployments.http.security.request_id import RequestId, RequestIdFilter, current_request_id, log_request_ids
 
@@ -45,7 +46,9 @@ __all__ = [
     "KeyAbsent",
     "KeyRing",
     "InFlightLimit",
+    "KeyRateLimits",
     "KeyUnavailable",
+    "RateLimit",
     "RequestId",
     "RequestIdFilter",
     "current_request_id",
@@ -103,8 +106,10 @@ def install(app: Starlette, config: Optional[HttpSecurity | dict] = None) -> Sta
     if config.max_in_flight is not None:
         app.add_middleware(InFlightLimit, max_in_flight=config.max_in_flight, retry_after_s=config.retry_after_s,
                            exempt_paths=config.exempt_paths, error_format=config.error_format)
+    limits = KeyRateLimits({key.name: key.rate_limit for key in config.api_keys if key.rate_limit is not None})
     app.add_middleware(
-        ApiKeyAuth, keys=KeyRing(config.api_keys), exempt_paths=config.exempt_paths, error_format=config.error_format
+        ApiKeyAuth, keys=KeyRing(config.api_keys), exempt_paths=config.exempt_paths, error_format=config.error_format,
+        rate_limits=limits,
     )
     app.add_middleware(RequestId, echo=config.echo_request_id)
     return app

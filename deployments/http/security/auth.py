@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from deployments.http.security.errors import ErrorFormat, send_error
 from deployments.http.security.keys import KeyRing
+from deployments.http.security.rate_limits import KeyRateLimits
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +71,11 @@ class ApiKeyAuth:
         keys: KeyRing,
         exempt_paths: Iterable[str] = DEFAULT_EXEMPT_PATHS,
         error_format: ErrorFormat = "project",
+        rate_limits: Optional[KeyRateLimits] = None,
     ):
         self.app = app
         self.keys = keys
+        self.rate_limits = rate_limits or KeyRateLimits({})
         self.exempt = frozenset(exempt_paths)
         self.error_format = error_format
         if keys:
@@ -94,6 +97,16 @@ class ApiKeyAuth:
             return
         if name is None:
             await self._reject(scope, receive, send, missing=key is None)
+            return
+        retry_after_s = await self.rate_limits.admit(name) if self.rate_limits else None
+        if retry_after_s is not None:
+            limit = self.rate_limits.limits[name]
+            await send_error(
+                scope, receive, send, error_format=self.error_format, status=429, code="rate_limit_exceeded",
+                openai_type="requests", headers={"Retry-After": str(retry_after_s)},
+                message=f"API key {name!r} is over its rate ({limit.requests_per_s:g} requests/s, burst {limit.burst}); "
+                f"retry after {retry_after_s} s",
+            )
             return
         await self.app(_named(scope, name), receive, send)
 

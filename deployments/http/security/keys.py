@@ -24,6 +24,8 @@ from typing import Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from deployments.http.security.rate_limits import RateLimit
+
 logger = logging.getLogger(__name__)
 
 MIN_KEY_CHARS = 16
@@ -51,6 +53,9 @@ class ApiKeySource(BaseModel):
         False,
         description="A slot that may be empty, e.g. `next` between rotations: when the file is missing or the "
         "variable or file is empty, the key is skipped instead of failing the start.",
+    )
+    rate_limit: Optional[RateLimit] = Field(
+        None, description="Requests per second and burst for this key, per replica; over it, 429 with Retry-After."
     )
 
     @model_validator(mode="after")
