@@ -29,6 +29,7 @@ class NodeMetrics:
         self._variant_latency = None
         self._variant_requests = None
         self._scores = None
+        self._readiness_checks = None
         try:
             import ray
 
@@ -57,6 +58,12 @@ class NodeMetrics:
                     description="Requests routed to one variant of a split, by outcome (ok or the error code).",
                     tag_keys=("graph", "split", "variant", "outcome"),
                 )
+                self._readiness_checks = metrics.Counter(
+                    "graph_node_readiness_checks_total",
+                    description="Readiness checks of a node's backend (one call to it each); the replica runs them "
+                    "in the background, so probes of /readyz do not add to them.",
+                    tag_keys=("graph", "node"),
+                )
                 self._scores = metrics.Histogram(
                     "graph_model_scores",
                     description="Scores a model node returned, per model version (one observation per item).",
@@ -65,6 +72,10 @@ class NodeMetrics:
                 )
         except ImportError:  # pragma: no cover - Ray is a dependency
             pass
+
+    def count_readiness_check(self, node: str) -> None:
+        if self._readiness_checks is not None:
+            self._readiness_checks.inc(tags={"graph": self.graph, "node": node})
 
     def count_error(self, node: str, code: str) -> None:
         """Count a failure that the graph absorbed (a soft dependency's)."""

@@ -275,6 +275,7 @@ class GraphIngress:
     async def _checks(self) -> dict[str, tuple[bool, str]]:
         checks = {}
         for name, node in self.executor.nodes.items():
+            self.executor.metrics.count_readiness_check(name)
             try:
                 check = await node.ready()
             except Exception as error:  # a node deployment that is down

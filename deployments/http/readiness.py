@@ -56,6 +56,7 @@ class CachedReadiness:
         self.name = name
         self._checks: Optional[Checks] = None
         self._at = 0.0
+        self.runs = 0  # how often the checks ran: probes do not add to it
         self._fresh: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
 
@@ -84,6 +85,7 @@ class CachedReadiness:
 
     async def _refresh_forever(self) -> None:
         while True:
+            self.runs += 1
             try:
                 checks = await self._run_checks()
             except Exception as error:  # noqa: BLE001 - a failing check is a not-ready answer, not a dead loop

@@ -317,7 +317,8 @@ class FeatureLookup:
         try:
             await self.lookup([probe])
         except Exception as error:
-            return False, str(error)
+            cause = error.__cause__ or error  # the store's own error: its text is for keyed callers and the log
+            return False, f"{type(cause).__name__}: {cause}"
         return True, f"feature service {self.config.feature_service}"
 
 

@@ -59,13 +59,19 @@ def keyed_chat(serve_config, chat_url, tmp_path_factory):
     chat = next(app for app in config["applications"] if app["name"] == "chat")
     chat["args"]["http"] = {"api_keys": [{"name": name, "file": str(folder / name)} for name in keys]}
     deploy(config)
-    wait_until("the chat app asks for keys", lambda: call(base, "GET", "/v1/models", None).status_code == 401
+    # Until the old replica is gone: it serves, keyless, while the new one starts its engine.
+    wait_until("only the keyed replica answers", lambda: all_answer(base, 401, 10)
                and call(base, "GET", "/v1/models", None, keys["primary"]).status_code == 200)
     wait_app("chat", {"RUNNING"}, timeout_s=300)
     yield base, keys
     restore(serve_config)
-    wait_until("the chat app open again", lambda: call(base, "GET", "/v1/models", None).status_code == 200)
+    wait_until("only an open replica answers", lambda: all_answer(base, 200, 10))
     wait_app("chat", {"RUNNING"}, timeout_s=300)
+
+
+def all_answer(base: str, status: int, times: int) -> bool:
+    """`times` calls of GET /v1/models without a key in a row all got `status`."""
+    return all(call(base, "GET", "/v1/models", None).status_code == status for _ in range(times))
 
 
 def test_every_vllm_route_needs_a_key(keyed_chat):

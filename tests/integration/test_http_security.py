@@ -114,3 +114,79 @@ def test_a_key_over_its_rate_gets_429_and_the_other_key_does_not(keyed_url, ray_
     assert metric_sum(text, "ray_api_key_requests_total", app="recommend-keys", key="next", outcome="rate_limited") >= len(refused)
     assert metric_sum(text, "ray_api_key_requests_total", app="recommend-keys", key="primary", outcome="accepted") >= 4
     assert keys["next"] not in text and keys["primary"] not in text, "metrics name keys, never their values"
+
+
+FLOOD = """
+import sys, time, httpx
+url, rate = sys.argv[1], float(sys.argv[2])
+sent, started = 0, time.monotonic()
+try:
+    with httpx.Client(timeout=10) as client:
+        while True:
+            assert client.get(url).status_code == 200
+            sent += 1
+            time.sleep(max(0.0, sent / rate - (time.monotonic() - started)))
+except KeyboardInterrupt:
+    print(sent)
+"""
+
+
+def test_a_flood_of_readiness_probes_calls_no_backend_and_barely_slows_keyed_requests(keyed_url, ray_cluster):
+    """Probes read the cached result: under a bounded flood of /readyz (50 a
+    second from another process, 50 times a kubelet's rate) the ranker's
+    backend is still checked about once a second (counted where the checks
+    call the backends), and the keyed requests' p99 stays within 20 % of its
+    quiet value. Quiet and flooded rounds alternate, twice each, so that the
+    host's drift falls on both."""
+    import signal
+    import statistics
+    import subprocess
+    import sys
+
+    url, keys = keyed_url
+    auth = {"X-API-Key": keys["primary"]}
+
+    def keyed_timings(n: int = 300) -> list[float]:
+        timings = []
+        with httpx.Client(timeout=10) as client:
+            for _ in range(n):
+                started = time.perf_counter()
+                assert client.post(url, json=REQUEST, headers=auth).status_code == 200
+                timings.append(time.perf_counter() - started)
+        return timings
+
+    def flooded(n: int = 300) -> tuple[list[float], int]:
+        flood = subprocess.Popen([sys.executable, "-c", FLOOD, f"{url}/readyz", "50"], stdout=subprocess.PIPE, text=True)
+        try:
+            time.sleep(1)
+            timings = keyed_timings(n)
+        finally:
+            flood.send_signal(signal.SIGINT)
+            sent = int(flood.communicate(timeout=10)[0] or 0)
+        return timings, sent
+
+    def p99(timings: list[float]) -> float:
+        return statistics.quantiles(timings, n=100)[98]
+
+    def checks_run() -> float:
+        text = scrape(ray_cluster["metrics_url"])
+        return metric_sum(text, "ray_graph_node_readiness_checks_total", application="recommend-keys", node="ranker")
+
+    keyed_timings(50)  # warm
+    checks_before, started = checks_run(), time.monotonic()
+    quiet, loud, probes = [], [], 0
+    for _ in range(2):
+        quiet += keyed_timings()
+        timings, sent = flooded()
+        loud += timings
+        probes += sent
+    time.sleep(12)  # Ray exports metrics every few seconds
+    window_s = time.monotonic() - started
+    checks = checks_run() - checks_before
+    print(f"\nkeyed p99 quiet {p99(quiet) * 1000:.1f} ms, {p99(loud) * 1000:.1f} ms under {probes} probes; "
+          f"readiness checks of the ranker in those {window_s:.0f} s: {checks:.0f}")
+    # About one a second, give or take Ray's export period; were probes checking, there would be one per probe.
+    bound = 1.5 * window_s + 10
+    assert probes > 3 * bound, f"only {probes} probes: the flood cannot tell"
+    assert checks <= bound, f"{checks} readiness checks in {window_s:.0f} s under {probes} probes: probes reach the backends"
+    assert p99(loud) <= 1.2 * p99(quiet), f"p99 {p99(loud) * 1000:.1f} ms under the flood, {p99(quiet) * 1000:.1f} ms quiet"

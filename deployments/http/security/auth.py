@@ -98,7 +98,7 @@ class ApiKeyAuth:
         if name is None:
             await self._reject(scope, receive, send, missing=key is None)
             return
-        retry_after_s = await self.rate_limits.admit(name) if self.rate_limits else None
+        retry_after_s = await self.rate_limits.admit(name)
         if retry_after_s is not None:
             limit = self.rate_limits.limits[name]
             await send_error(

@@ -50,15 +50,17 @@ class KeyRateLimits:
     def __init__(self, limits: dict[str, RateLimit]):
         self.limits = limits
         self._buckets = {name: AsyncLimiter(limit.burst, limit.burst / limit.requests_per_s) for name, limit in limits.items()}
-        self._counter, self.app = _counter() if limits else (None, "")
+        self._counter, self.app = _counter()
 
     def __bool__(self) -> bool:
         return bool(self._buckets)
 
     async def admit(self, name: str) -> Optional[int]:
-        """None when the request may go on; else the seconds to send in Retry-After."""
+        """None when the request may go on; else the seconds to send in
+        Retry-After. Every key's requests are counted, limited or not."""
         bucket = self._buckets.get(name)
         if bucket is None:
+            self._count(name, "accepted")
             return None
         if not bucket.has_capacity():
             self._count(name, "rate_limited")
