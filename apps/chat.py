@@ -34,6 +34,7 @@ from ray.serve import Application
 
 from deployments.http import security
 from deployments.http.readiness import CachedReadiness, may_see_details, readiness_response
+from deployments.http.security.auth import app_path
 from deployments.http.security.errors import error_body, send_error
 from deployments.llm_engine import LLMModelConfig, llm_deployment, registry_source, resolve
 from deployments.llm_metrics import MeteredLLMServer
@@ -171,7 +172,7 @@ class ChoicesLimit:
         self.max_n = max_n
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST" or _app_path(scope) not in self.PATHS:
+        if scope["type"] != "http" or scope["method"] != "POST" or app_path(scope) not in self.PATHS:
             await self.app(scope, receive, send)
             return
         chunks, message = [], {"more_body": True}
@@ -212,11 +213,6 @@ class ChoicesLimit:
                 if isinstance(value, int) and not isinstance(value, bool) and value > self.max_n:
                     return field, value
         return None, None
-
-
-def _app_path(scope) -> str:
-    path, root = scope["path"], scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root) else path
 
 
 def build(args: ChatArgs) -> Application:

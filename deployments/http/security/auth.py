@@ -57,10 +57,15 @@ def printable(text: str, limit: int = 200) -> str:
     return escaped if len(escaped) <= limit else escaped[:limit] + "..."
 
 
+def app_path(scope: Scope) -> str:
+    """The request's path inside the app: without the app's root_path (Serve's route prefix) when it starts with it."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 def is_exempt(scope: Scope, exempt: frozenset[str]) -> bool:
     """The request's path is one of `exempt`, exactly, with or without the app's root_path."""
-    path, root = scope["path"], scope.get("root_path", "")
-    return path in exempt or (bool(root) and path.startswith(root) and path[len(root) :] in exempt)
+    return scope["path"] in exempt or app_path(scope) in exempt
 
 
 class ApiKeyAuth:
