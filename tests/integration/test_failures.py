@@ -12,7 +12,7 @@ import httpx
 import pytest
 from ray import serve
 
-from tests.servers import deploy, free_port, restore, wait_app, wait_http, wait_readiness, wait_restarted
+from tests.servers import deploy, free_port, restore, wait_app, wait_http, wait_restarted
 
 pytestmark = pytest.mark.integration
 
@@ -50,14 +50,14 @@ def test_triton_stopped_gives_503_quickly_and_recovers(recommend_url, triton, se
         assert error["code"] == "backend_unavailable" and error["backend"] == "triton"
         assert response.headers["retry-after"] == "1"
         assert elapsed < ranker_timeout(serve_config) + HOP_TOLERANCE_S
-        ready = wait_readiness(f"{recommend_url}/readyz", lambda r: r.status_code == 503)
+        ready = wait_http(f"{recommend_url}/readyz", timeout_s=15, status=503)  # refreshed every second
         checks = ready.json()["checks"]
         assert checks["ranker"]["ready"] is False and checks["features"]["ready"] is True
     finally:
         triton.start()
     recovered_in = wait_recovered(recommend_url)
     print(f"\nrecovered {recovered_in:.2f} s after Triton was ready again")
-    wait_readiness(f"{recommend_url}/readyz", lambda r: r.status_code == 200)
+    wait_http(f"{recommend_url}/readyz", timeout_s=15)
 
 
 def test_a_crashed_triton_is_restarted_and_readiness_says_why_meanwhile(recommend_url, triton):
@@ -82,7 +82,7 @@ def test_a_crashed_triton_is_restarted_and_readiness_says_why_meanwhile(recommen
     left = regions & {p.name for p in Path("/dev/shm").glob(f"{triton.shm_prefix}*")}
     assert not left, f"the dead server's shared memory is still there: {left}"
     wait_recovered(recommend_url)
-    wait_readiness(f"{recommend_url}/readyz", lambda r: r.status_code == 200)
+    wait_http(f"{recommend_url}/readyz", timeout_s=15)
 
 
 def test_frozen_triton_times_out_within_the_configured_bound(recommend_url, triton, serve_config):
