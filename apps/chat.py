@@ -61,15 +61,18 @@ class ChatArgs(BaseModel):
     http: Optional[ChatHttpSecurity] = Field(
         None, description="API keys, body limit and request ids (deployments.http.security); without it only the default body limit (1 MiB)."
     )
+    caller_sampling_ratio: Optional[float] = Field(None, ge=0, le=1, description=security.CALLER_SAMPLING_RATIO_DESCRIPTION)
 
 
 class RegistryLLMServer(MeteredLLMServer):
     """LLMServer as the app's ingress: vLLM's OpenAI app plus the registry."""
 
     async def __init__(self, llm_config: Any, *, registry: dict[str, str], http: Optional[dict] = None,
-                       max_n: int = ChatArgs.model_fields["max_n"].default, **kwargs):
+                       max_n: int = ChatArgs.model_fields["max_n"].default,
+                       caller_sampling_ratio: Optional[float] = None, **kwargs):
         self._registry = registry
         self._max_n = max_n
+        self._caller_sampling_ratio = caller_sampling_ratio
         self._http = ChatHttpSecurity.model_validate(http) if http is not None else None
         self._keys_on = self._http is not None and bool(self._http.api_keys)
         self._readiness = CachedReadiness(self._engine_check, name="chat")
@@ -95,7 +98,7 @@ class RegistryLLMServer(MeteredLLMServer):
             security.install(app, self._http)
         else:
             security.bound_body(app, error_format="openai")
-        return app
+        return security.cap_caller_sampling(app, self._caller_sampling_ratio)
 
     def _engine_error(self) -> Optional[BaseException]:
         """vLLM's own verdict: the engine process died (EngineDeadError)."""
@@ -218,7 +221,10 @@ class ChoicesLimit:
 def build(args: ChatArgs) -> Application:
     args = ChatArgs.model_validate(args)
     resolved = resolve(args.model)
-    bind_kwargs: dict[str, Any] = {"registry": registry_source(args.model, resolved), "max_n": args.max_n}
+    bind_kwargs: dict[str, Any] = {
+        "registry": registry_source(args.model, resolved), "max_n": args.max_n,
+        "caller_sampling_ratio": args.caller_sampling_ratio,
+    }
     if args.http is not None:  # names and sources only: the keys are read in the replica
         bind_kwargs["http"] = args.http.model_dump(mode="json")
     return llm_deployment(

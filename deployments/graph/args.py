@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from deployments.field_paths import reasons
 from deployments.graph.spec import GraphSpec
 from deployments.graph.validate import GraphSpecError, Problem, validate
-from deployments.http.security import HttpSecurity
+from deployments.http.security import CALLER_SAMPLING_RATIO_DESCRIPTION, HttpSecurity
 
 IMPORT_PATH = "apps.graph:build"
 
@@ -43,6 +43,7 @@ class GraphArgs(BaseModel):
         1.0, gt=0, le=10, description="How often each replica runs its nodes' readiness checks in the background; "
         "/readyz and Serve's health check read the last result (deployments/http/readiness.py)."
     )
+    caller_sampling_ratio: Optional[float] = Field(None, ge=0, le=1, description=CALLER_SAMPLING_RATIO_DESCRIPTION)
     unhealthy_after_s: float = Field(
         30.0, gt=0, description="check_health fails (Serve replaces the replica) once a node's backend is unreachable this long."
     )

@@ -179,8 +179,10 @@ class GraphIngress:
         the replica's environment or mounted files."""
         document_request(self.app, self.executor.request_model, self.executor.spec.name)
         if self.args.http is not None:
-            return security.install(self.app, self.args.http)
-        return security.bound_body(self.app)
+            security.install(self.app, self.args.http)
+        else:
+            security.bound_body(self.app)
+        return security.cap_caller_sampling(self.app, self.args.caller_sampling_ratio)
 
     @api.post("/")
     async def run(self, request: Request) -> JSONResponse:

@@ -20,7 +20,8 @@ REQUEST = {"user_id": 5, "item_ids": [1, 2, 3, 4], "k": 2, "explain": False}
 def keyed_url(serve_config, recommend_url, tmp_path_factory):
     """The recommend graph again under /recommend-keys, with two named keys
     from files (as Kubernetes Secrets are mounted), `next` limited to 0.5
-    requests/s with a burst of 3, and a 4 KiB body limit."""
+    requests/s with a burst of 3, and a 4 KiB body limit; like the cluster's
+    apps it caps a caller's sampled traceparent at the tracing ratio (5 %)."""
     folder = tmp_path_factory.mktemp("keys")
     keys = {"primary": secrets.token_urlsafe(24), "next": secrets.token_urlsafe(24)}
     for name, value in keys.items():
@@ -33,6 +34,7 @@ def keyed_url(serve_config, recommend_url, tmp_path_factory):
                      {"name": "next", "file": str(folder / "next"), "rate_limit": {"requests_per_s": 0.5, "burst": 3}}],
         "max_body_bytes": 4096,
     }
+    app["args"].pop("caller_sampling_ratio")  # the default: the Serve config's sampling_ratio
     config["applications"].append(app)
     deploy(config)
     wait_app("recommend-keys", {"RUNNING"}, timeout_s=180)
@@ -114,6 +116,32 @@ def test_a_key_over_its_rate_gets_429_and_the_other_key_does_not(keyed_url, ray_
     assert metric_sum(text, "ray_api_key_requests_total", app="recommend-keys", key="next", outcome="rate_limited") >= len(refused)
     assert metric_sum(text, "ray_api_key_requests_total", app="recommend-keys", key="primary", outcome="accepted") >= 4
     assert keys["next"] not in text and keys["primary"] not in text, "metrics name keys, never their values"
+
+
+def test_a_callers_sampled_traceparent_traces_no_more_than_the_ratio(keyed_url, ray_cluster):
+    """Forty requests say "sampled" in their traceparent. Serve's proxy and
+    replica follow the caller (their spans are there for every one), but the
+    app traces about 5 % of them (2 expected): the others run sampled out, no
+    graph span is made. The shipped local app (ratio 1.0) traces each one
+    (test_graph_serve's trace test)."""
+    from observability.tracing import read_spans
+
+    url, keys = keyed_url
+    trace_ids = [secrets.token_hex(16) for _ in range(40)]
+    for trace_id in trace_ids:
+        headers = {"X-API-Key": keys["primary"], "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+        assert httpx.post(url, json=REQUEST, headers=headers, timeout=10).status_code == 200
+    wanted, deadline = set(trace_ids), time.monotonic() + 30
+    while True:  # the replica's request span ends last, after any graph span of its trace
+        spans = [span for span in read_spans(ray_cluster["spans_dir"]) if span["trace_id"] in wanted]
+        served = {span["trace_id"] for span in spans if span["name"] == "replica_handle_request GraphIngress __call__"}
+        if served == wanted or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert served == wanted, f"Serve followed {len(served)} of the 40 callers"
+    traced = {span["trace_id"] for span in spans if span["name"].startswith("graph.node ")}
+    print(f"\n{len(traced)} of 40 caller-sampled requests traced past the proxy (ratio 0.05)")
+    assert len(traced) <= 10  # Binomial(40, 0.05) > 10: p < 1e-5; were callers followed, all 40
 
 
 FLOOD = """

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from deployments.http import security
 from deployments.http.readiness import CachedReadiness
-from deployments.http.security import ApiKeyAuth, BodyLimit, HttpSecurity, RequestId
+from deployments.http.security import ApiKeyAuth, BodyLimit, CallerSamplingCap, HttpSecurity, RequestId
 from tests.unit.asgi_calls import tiny_app
 
 KEY = "sg-primary-0123456789abcdef"
@@ -103,12 +103,13 @@ def test_the_graph_replica_installs_its_http_args():
 
 
 def test_the_graph_replica_without_http_args_still_bounds_the_body():
-    """No keys, no request ids: only the default body limit (1 MiB), 413 before FastAPI reads the JSON."""
+    """No keys, no request ids: only the default body limit (1 MiB), 413 before
+    FastAPI reads the JSON; outermost, as on every app, the cap on callers' traces."""
     from deployments.graph.serving import GraphIngress
 
     self, app = _graph_ingress(None)
     served = asyncio.run(GraphIngress.func_or_class.__serve_build_asgi_app__(self))
-    assert [m.cls for m in served.user_middleware] == [BodyLimit]
+    assert [m.cls for m in served.user_middleware] == [CallerSamplingCap, BodyLimit]
     client = TestClient(served)
     assert client.post("/", content=b"[" + b"1," * 600_000 + b"1]").status_code == 413
     assert client.post("/", content=b"{}").json() == {"items": []}
@@ -154,6 +155,7 @@ def test_the_chat_replica_guards_vllms_app(monkeypatch):
     server._registry, server._http = {"version": "1"}, ChatHttpSecurity.model_validate(KEYS)
     server._llm_config, server.engine = types.SimpleNamespace(model_id="smollm2"), types.SimpleNamespace(check_health=healthy)
     server._keys_on, server._readiness, server._max_n = True, CachedReadiness(server._engine_check, name="chat"), 4
+    server._caller_sampling_ratio = None
     client = TestClient(asyncio.run(server.__serve_build_asgi_app__()))
 
     assert client.get("/readyz").json() == {"ready": True, "checks": {"engine": {"ready": True}}}, "open, and quiet without a key"

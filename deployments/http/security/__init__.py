@@ -1,7 +1,8 @@
 """HTTP hardening for the platform's apps: who may call (API keys, each with
 an optional rate), how much they may send (a body limit), and which request
 a log line belongs to (request ids). Three small ASGI middlewares, installed together from one
-typed config:
+typed config (and, apart, `cap_caller_sampling`: how many requests a caller's
+traceparent may have traced, deployments/http/security/trace_sampling.py):
 
     from deployments.http import security
     security.install(api, security.HttpSecurity(api_keys=[{"name": "primary", "env": "SG_KEY_PRIMARY"}]))
@@ -35,11 +36,13 @@ from deployments.http.security.limits import BodyLimit
 from deployments.http.security.rate_limits import KeyRateLimits, RateLimit
 from deployments.http.security.shedding import InFlightLimit
 from deployments.http.security.request_id import RequestId, RequestIdFilter, current_request_id, log_request_ids
+from deployments.http.security.trace_sampling import CallerSamplingCap
 
 __all__ = [
     "ApiKeyAuth",
     "ApiKeySource",
     "BodyLimit",
+    "CallerSamplingCap",
     "DEFAULT_EXEMPT_PATHS",
     "ErrorFormat",
     "HttpSecurity",
@@ -54,6 +57,7 @@ __all__ = [
     "current_request_id",
     "error_body",
     "bound_body",
+    "cap_caller_sampling",
     "install",
     "log_request_ids",
     "presented_key",
@@ -120,4 +124,17 @@ def bound_body(app: Starlette, error_format: ErrorFormat = "project") -> Starlet
     limit (1 MiB) with 413, before any of it is parsed; the rest of `install`
     (keys, request ids, shedding) stays off."""
     app.add_middleware(BodyLimit, max_bytes=HttpSecurity().max_body_bytes, error_format=error_format)
+    return app
+
+
+CALLER_SAMPLING_RATIO_DESCRIPTION = (
+    "Of the requests whose caller's traceparent says sampled, the share traced (deployments/http/security/"
+    "trace_sampling.py). Default: the Serve config's tracing_config.sampling_ratio; 1.0 follows every caller."
+)
+
+
+def cap_caller_sampling(app: Starlette, ratio: Optional[float] = None) -> Starlette:
+    """Outermost: a caller's sampled traceparent traces at most `ratio` of its
+    requests (default the Serve config's ratio), whatever else is installed."""
+    app.add_middleware(CallerSamplingCap, ratio=ratio)
     return app
