@@ -43,6 +43,10 @@ class GraphArgs(BaseModel):
         1.0, gt=0, le=10, description="How often each replica runs its nodes' readiness checks in the background; "
         "/readyz and Serve's health check read the last result (deployments/http/readiness.py)."
     )
+    score_sample_ratio: float = Field(
+        0.1, ge=0, le=1, description="Share of model calls whose scores go to ray_graph_model_scores (one observation "
+        "per item): the distribution per version, at a tenth of the cost of every call's (deployments/metrics.py)."
+    )
     caller_sampling_ratio: Optional[float] = Field(None, ge=0, le=1, description=CALLER_SAMPLING_RATIO_DESCRIPTION)
     unhealthy_after_s: float = Field(
         30.0, gt=0, description="check_health fails (Serve replaces the replica) once a node's backend is unreachable this long."

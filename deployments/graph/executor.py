@@ -85,12 +85,13 @@ class _Run:
 
 
 class GraphExecutor:
-    def __init__(self, spec: GraphSpec, node_factory: NodeFactory = inline_node, shadow_log: ShadowLog | None = None):
+    def __init__(self, spec: GraphSpec, node_factory: NodeFactory = inline_node, shadow_log: ShadowLog | None = None,
+                 score_sample_ratio: float = 1.0):
         self.spec = spec
         self.nodes = {name: node_factory(name, node) for name, node in spec.nodes.items()}
         self._check_built()
         self.request_model = request_schema.request_model(spec.name, spec.request)
-        self.metrics = NodeMetrics(spec.name)
+        self.metrics = NodeMetrics(spec.name, score_sample_ratio)
         self.shadows = shadow_log or ShadowLog()
         self.route_counts: Counter[tuple[str, str]] = Counter()
         self._background: set[asyncio.Task] = set()

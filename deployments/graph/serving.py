@@ -165,7 +165,7 @@ class GraphIngress:
         def factory(name: str, spec: NodeSpec) -> Node:
             return remote[name] if name in remote else spec.build(name, companions.get(name))
 
-        self.executor = GraphExecutor(args.graph, node_factory=factory)
+        self.executor = GraphExecutor(args.graph, node_factory=factory, score_sample_ratio=args.score_sample_ratio)
         self.readiness = CachedReadiness(self._checks, period_s=args.readiness_period_s, name=f"graph {args.graph.name}")
         self._keys_on = args.http is not None and bool(args.http.api_keys)
         # The clock of unhealthy_after_s starts once the replica is built (the

@@ -19,7 +19,9 @@ Without a TracerProvider (tests, notebooks, a config without tracing) no span
 is made at all: OpenTelemetry's own no-op `start_as_current_span` costs
 several times this module's check (see _GraphSpan). Nor under a request that
 was sampled out (the configs trace 5 %): Serve's sampler follows the parent,
-so every span under it would be dropped anyway, after the SDK built it.
+so every span under it would be dropped anyway, after the SDK built it; and
+since Serve leaves a sampled-out request with no current span at all, a
+graph span there would start a one-span trace of its own.
 Configured and sampled, a recorded span costs what the SDK makes it cost,
 plus the exporter's share.
 
@@ -86,7 +88,9 @@ class _GraphSpan:
 
     A class, not a @contextmanager, and no span at all while no provider is
     set, or while the current span is one the sampler dropped (a child of a
-    sampled-out span is sampled out: Serve's sampler is parent-based):
+    sampled-out span is sampled out: Serve's sampler is parent-based), or
+    while a Serve request has no span at all (Serve sets its request span as
+    the current one only when it was sampled):
     OpenTelemetry's own path (proxy tracer, a non-recording span, context
     attach/detach) costs several times these checks."""
 
@@ -106,8 +110,14 @@ class _GraphSpan:
                 return INVALID_SPAN  # nothing configured: a non-recording span, no context change
             tracer = _TRACER
         parent = trace.get_current_span().get_span_context()
-        if parent.is_valid and not parent.trace_flags.sampled:
-            return INVALID_SPAN  # the request was sampled out: so would this span be
+        if parent.is_valid:
+            if not parent.trace_flags.sampled:
+                return INVALID_SPAN  # the request was sampled out: so would this span be
+        elif _in_serve_request():
+            # Serve makes its request span current only when it is sampled: a
+            # request without one was sampled out. (A span here would start a
+            # trace of its own, one node long, for 5 % of the nodes.)
+            return INVALID_SPAN
         attributes = self._attributes()
         request_id = _request_id()
         if request_id is not None:
@@ -145,6 +155,17 @@ def failed(span: Span, error: BaseException) -> None:
     else:
         description = f"{type(error).__name__}: {error}"
     span.set_status(Status(StatusCode.ERROR, description))
+
+
+def _in_serve_request() -> bool:
+    """Whether this runs for a request in a Serve replica (Serve set the
+    request's context, with its id). Looked up in sys.modules: outside Ray
+    (a notebook) the module is not loaded and graph spans may start traces."""
+    serve_context = sys.modules.get("ray.serve.context")
+    if serve_context is None:
+        return False
+    request = serve_context._serve_request_context.get()
+    return request is not None and bool(request.request_id)
 
 
 def _request_id() -> Optional[str]:

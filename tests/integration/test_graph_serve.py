@@ -43,6 +43,7 @@ def graphs(serve_config, triton, recommend_url, chat_url):
     recommend = recommend_app(triton, chat_url, "recommend-apart", "/graph/recommend")
     recommend["args"]["graph"]["nodes"]["ranker"].update(placement="deployment", num_replicas=2)
     ab = graph_app("configs/graphs/ab.yaml", triton, chat_url, "tiny-llama")
+    ab["args"]["score_sample_ratio"] = 1.0  # every call's scores: the metrics test counts them
     config = copy.deepcopy(serve_config)
     config["applications"] += [recommend, ab]
     deploy(config)

@@ -128,6 +128,26 @@ def test_under_a_sampled_out_request_no_graph_span_is_made():
     provider.shutdown()
 
 
+def test_a_serve_request_without_a_current_span_was_sampled_out_and_gets_no_graph_span(recorded):
+    """Serve sets its request span as the current one only when it was
+    sampled: the other 95 % run with Serve's request context and no span at
+    all. A graph span there would start a trace of its own, one node long;
+    none is made. Outside a Serve request (a notebook), graph spans still
+    start traces."""
+    import ray.serve.context as serve_context
+
+    token = serve_context._serve_request_context.set(serve_context._RequestContext(request_id="req-1"))
+    try:
+        with step_span("recommend", "ranker_ab", "split", tracer=recorded.tracer), ranker(recorded.tracer) as node:
+            assert not node.is_recording()
+    finally:
+        serve_context._serve_request_context.reset(token)
+    assert recorded.exporter.get_finished_spans() == ()
+    with ranker(recorded.tracer) as node:
+        assert node.is_recording()
+    assert list(recorded.spans()) == ["graph.node ranker_b"]
+
+
 def test_concurrent_nodes_each_hang_under_the_step_that_started_them(recorded):
     async def node(name: str) -> None:
         with node_span("recommend", name, "python", "inline", "hard", tracer=recorded.tracer):
