@@ -14,7 +14,9 @@ separate `serve run` with its own environment and config: the shipped one
 `--variants`, the shipped one called through the Open Inference Protocol's
 REST route (`platform-v2-rest`) and Ray Serve's defaults without the fast
 ingress (`serve-defaults`, `serve-throughput-optimized`), so what each option
-changes is visible.
+changes is visible. The baseline also runs under two uvicorn workers
+(`baseline-2-workers`, a row for reference: the platform ships two ingress
+replicas, one per core; the ratios stay against one worker).
 """
 from __future__ import annotations
 
@@ -90,12 +92,14 @@ def wait_ok(url: str, process: subprocess.Popen, timeout_s: float = 180) -> None
 CPU: dict[str, dict[int, dict[str, float]]] = {}
 
 
-def measure(name: str, url: str, levels: list[int], seconds: float, pids: dict[str, int]) -> list[Result]:
-    """Each level's figures, and the CPU that `pids`' process trees spent on it
-    (recorded in CPU[name])."""
+def measure(name: str, url: str, levels: list[int], seconds: float, pids: dict[str, int], warmup_s: float = 0.0) -> list[Result]:
+    """Each level's figures, after `warmup_s` of the same load, and the CPU
+    that `pids`' process trees spent on it (recorded in CPU[name])."""
     results = []
     make_payload = v2_payload if url.endswith(V2) else payload
     for concurrency in levels:
+        if warmup_s > 0:  # the level's load first, unmeasured: the ingress autoscales on queue depth
+            asyncio.run(run(url, concurrency, warmup_s, make_payload=make_payload))
         before = {label: tree_cpu(pid) for label, pid in pids.items()}
         client_before = time.process_time()
         result = asyncio.run(run(url, concurrency, seconds, make_payload=make_payload))
@@ -116,20 +120,28 @@ def measure(name: str, url: str, levels: list[int], seconds: float, pids: dict[s
     return results
 
 
-def run_baseline(paths: StackPaths, triton: TritonServer, levels, seconds, log: Path) -> list[Result]:
+def baseline_name(workers: int) -> str:
+    return "baseline" if workers == 1 else f"baseline-{workers}-workers"
+
+
+def run_baseline(paths: StackPaths, triton: TritonServer, levels, seconds, log: Path, workers: int = 1,
+                 warmup_s: float = 0.0) -> list[Result]:
+    """The hand-written app under `workers` uvicorn processes (1: the ratios' base)."""
     port = free_port()
     env = dict(os.environ, BASELINE_TRITON=triton.grpc_url, BASELINE_STACK=str(paths.root), FEAST_USAGE="False")
-    command = [sys.executable, "-m", "uvicorn", "bench.baseline_app:app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    command = [sys.executable, "-m", "uvicorn", "bench.baseline_app:app", "--host", "127.0.0.1", "--port", str(port),
+               "--log-level", "warning", "--no-access-log", "--workers", str(workers)]
     process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}/recommend"
         wait_ok(url, process)
-        return measure("baseline", url, levels, seconds, {"server": process.pid, "triton": triton.process.pid})
+        return measure(baseline_name(workers), url, levels, seconds, {"server": process.pid, "triton": triton.process.pid}, warmup_s)
     finally:
         stop_group(process, signal.SIGTERM)
 
 
-def run_platform(name: str, triton: TritonServer, env: dict[str, str], batching: bool, levels, seconds, tmp: Path, log: Path) -> list[Result]:
+def run_platform(name: str, triton: TritonServer, env: dict[str, str], batching: bool, levels, seconds, tmp: Path, log: Path,
+                 warmup_s: float = 0.0) -> list[Result]:
     port = free_port()
     config_file = tmp / f"serve-{port}.yaml"
     config = local_config(port, triton.grpc_url, only={"recommend"})
@@ -145,7 +157,7 @@ def run_platform(name: str, triton: TritonServer, env: dict[str, str], batching:
         wait_ok(url, process)
         if name.endswith("-v2-rest"):
             url += V2
-        return measure(name, url, levels, seconds, {"server": process.pid, "triton": triton.process.pid})
+        return measure(name, url, levels, seconds, {"server": process.pid, "triton": triton.process.pid}, warmup_s)
     finally:
         stop_group(process, signal.SIGINT, timeout_s=40)  # serve run shuts its own cluster down
         stop_haproxy(env)
@@ -155,8 +167,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0, help="load time per concurrency level")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--warmup", type=float, default=20.0,
+                        help="seconds of each level's load before it is measured, for every server: the steady "
+                        "state (the shipped ingress autoscales from one replica to two under load, and a new "
+                        "replica takes 10-15 s to decide on and start on this host)")
     parser.add_argument("--variants", nargs="+", default=list(SHIPPED), choices=list(variants()),
                         help=f"platform variants to run (default: {' '.join(SHIPPED)})")
+    parser.add_argument("--baseline-workers", type=int, nargs="*", default=[2],
+                        help="also run the baseline under this many uvicorn workers (a row for reference; "
+                        "the ratios stay against one worker, the app as a user writes it)")
     args = parser.parse_args()
 
     paths = ensure()
@@ -168,13 +187,20 @@ def main() -> None:
     table: dict[str, list[Result]] = {}
     try:
         print("==> baseline: FastAPI + uvicorn calling Feast and Triton directly", flush=True)
-        table["baseline"] = run_baseline(paths, triton, args.levels, args.seconds, logs / "baseline.log")
+        table["baseline"] = run_baseline(paths, triton, args.levels, args.seconds, logs / "baseline.log", warmup_s=args.warmup)
+        for workers in args.baseline_workers:
+            print(f"==> {baseline_name(workers)}: the same app under {workers} uvicorn workers", flush=True)
+            table[baseline_name(workers)] = run_baseline(
+                paths, triton, args.levels, args.seconds, logs / f"{baseline_name(workers)}.log", workers, args.warmup
+            )
         all_variants = variants()
         for name in args.variants:
             print(f"==> platform: serve run configs/local.yaml [{name}]", flush=True)
             env, batching = all_variants[name]
             try:
-                table[name] = run_platform(name, triton, env, batching, args.levels, args.seconds, tmp, logs / f"{name}.log")
+                table[name] = run_platform(
+                    name, triton, env, batching, args.levels, args.seconds, tmp, logs / f"{name}.log", args.warmup
+                )
             except (RuntimeError, TimeoutError) as error:
                 print(f"    failed to start: {error} (log {logs / f'{name}.log'})", flush=True)
     finally:
@@ -182,8 +208,8 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     base = {r.concurrency: r for r in table["baseline"]}
-    print(f"\n/recommend, 20 candidates, k=5; {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
-          f"{platform.processor() or platform.machine()}, {args.seconds:g} s per level")
+    print(f"\n/recommend, 20 candidates, k=5; {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
+          f"{platform.processor() or platform.machine()}, {args.seconds:g} s per level after {args.warmup:g} s of warm-up")
     print("| server | concurrency | p50 ms | p95 ms | p99 ms | req/s | p50 vs baseline | req/s vs baseline |")
     print("|---|---|---|---|---|---|---|---|")
     for name, results in table.items():

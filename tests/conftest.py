@@ -103,7 +103,17 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def serve_config(ray_cluster, triton):
-    return local_config(http_port=free_port(), triton_grpc=triton.grpc_url, llm="tiny-llama")
+    """configs/local.yaml with the session's ports and the tiny LLM, and one
+    recommend ingress replica where it ships autoscaling from one to two:
+    the tests assert what one replica does (its batches, its readiness
+    checks, a key's rate limit per replica) and must not see a second one
+    come and go with their own load; test_autoscaling scales a copy of the
+    graph, test_faults_under_load runs two ingress replicas under load."""
+    config = local_config(http_port=free_port(), triton_grpc=triton.grpc_url, llm="tiny-llama")
+    (recommend,) = [app for app in config["applications"] if app["name"] == "recommend"]
+    recommend["deployments"][0].pop("autoscaling_config")
+    recommend["deployments"][0]["num_replicas"] = 1
+    return config
 
 
 @pytest.fixture(scope="session")

@@ -116,7 +116,7 @@ def test_check_cli_exit_codes(tmp_path, monkeypatch, capsys):
 )
 def test_serve_keys_ray_would_ignore_or_defer_are_named(mutate, path, reason):
     config = load_config()
-    config["applications"][0]["deployments"][0].pop("num_replicas")  # autoscaling replaces it
+    config["applications"][0]["deployments"][0].pop("autoscaling_config")  # each case writes its own
     mutate(config["applications"][0]["deployments"][0])
     with pytest.raises(ConfigError) as raised:
         check_config(config)
