@@ -40,8 +40,12 @@ class QueueDepthPolicy:
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
         per_replica = self.per_replica or ctx.config.get_target_ongoing_requests()
-        queued = ctx.total_queued_requests or 0.0
-        running = max(ctx.total_num_requests - queued, 0.0)  # total_num_requests counts the queued too
+        # total_num_requests counts the queued too, so queued <= total; Serve
+        # aggregates the two over separate windows, and right after a start a
+        # handle's stale queued sample showed with nothing in flight (the
+        # policy then added a replica to an idle deployment).
+        queued = min(ctx.total_queued_requests or 0.0, ctx.total_num_requests)
+        running = ctx.total_num_requests - queued
         if queued > 0:
             desired = ctx.current_num_replicas + math.ceil(queued / per_replica)
         else:

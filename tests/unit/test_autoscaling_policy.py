@@ -25,6 +25,14 @@ def test_never_scales_down_while_requests_wait():
     assert QueueDepthPolicy(per_replica=8)(context(replicas=5, total=1, queued=1))[0] >= 5
 
 
+def test_a_queued_count_above_everything_in_flight_is_a_stale_window_not_a_backlog():
+    """Serve aggregates queued and total requests over separate windows: right
+    after a start the queued one showed 2 with nothing in flight, and an idle
+    deployment got a second replica."""
+    assert QueueDepthPolicy(per_replica=4)(context(replicas=1, total=0, queued=2))[0] == 0
+    assert QueueDepthPolicy(per_replica=4)(context(replicas=1, total=3, queued=5))[0] == 1 + 1  # 3 queued at most
+
+
 def test_per_replica_defaults_to_the_deployments_target():
     assert QueueDepthPolicy()(context(replicas=1, total=8, queued=0, target=2))[0] == 4
 
