@@ -15,8 +15,9 @@ separate `serve run` with its own environment and config: the shipped one
 REST route (`platform-v2-rest`) and Ray Serve's defaults without the fast
 ingress (`serve-defaults`, `serve-throughput-optimized`), so what each option
 changes is visible. The baseline also runs under two uvicorn workers
-(`baseline-2-workers`, a row for reference: the platform ships two ingress
-replicas, one per core; the ratios stay against one worker).
+(`baseline-2-workers`, a row for reference: the shipped platform scales its
+ingress to two replicas under load, one per core; the ratios stay against
+one worker). Every level runs `--warmup` seconds unmeasured first.
 """
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ def measure(name: str, url: str, levels: list[int], seconds: float, pids: dict[s
     results = []
     make_payload = v2_payload if url.endswith(V2) else payload
     for concurrency in levels:
-        if warmup_s > 0:  # the level's load first, unmeasured: the ingress autoscales on queue depth
+        if warmup_s > 0:  # the level's load first, unmeasured: the ingress autoscales under load
             asyncio.run(run(url, concurrency, warmup_s, make_payload=make_payload))
         before = {label: tree_cpu(pid) for label, pid in pids.items()}
         client_before = time.process_time()
