@@ -30,7 +30,7 @@ def _label(pid: int) -> str:
     first = cmdline.split(" ")[0]  # a title set in place of argv holds spaces
     name = Path(first).name if first else comm
     if name.startswith("python"):
-        return comm if comm and not comm.startswith("python") else "python"
+        return comm if comm and not comm.startswith(("python", "/")) else "python"  # comm: a truncated path when run as `python -m`
     return name
 
 

@@ -65,13 +65,23 @@ async def run(url: str, concurrency: int, seconds: float, warmup: int = 20,
     """`warmup` requests one after another (not measured), then `concurrency`
     clients for `seconds`; each client draws its payloads from its own seeded
     generator, so that runs send the same mix of users and candidates."""
+    outcomes, elapsed = await run_outcomes(url, concurrency, seconds, warmup, make_payload)
+    return Result.of(concurrency, outcomes, elapsed)
+
+
+async def run_outcomes(url: str, concurrency: int, seconds: float, warmup: int = 20,
+                       make_payload: Callable[[random.Random], dict] = payload,
+                       seed: int = 0) -> tuple[list[Outcome], float]:
+    """`run`'s outcomes and its measured seconds, to be pooled with other
+    runs' (one Result of several interleaved slices). `seed` offsets the
+    clients' generators, so that slices send different requests."""
     load = ClosedLoop(url, concurrency, REQUEST_TIMEOUT_S)
     outcomes: list[Outcome] = []
     async with load.client() as client:
-        rng = random.Random(concurrency)
+        rng = random.Random(concurrency + seed)
         for _ in range(warmup):
             await load.send(client, make_payload(rng))
-        generators = [random.Random(index) for index in range(concurrency)]
+        generators = [random.Random(seed * 1000 + index) for index in range(concurrency)]
         deadline = time.monotonic() + seconds
         started = time.monotonic()
         await load.run(
@@ -81,4 +91,4 @@ async def run(url: str, concurrency: int, seconds: float, warmup: int = 20,
             record=outcomes.append,
         )
         elapsed = time.monotonic() - started
-    return Result.of(concurrency, outcomes, elapsed)
+    return outcomes, elapsed

@@ -2,22 +2,29 @@
 against a baseline measured in the same run (bench/baseline_app.py: plain
 FastAPI under uvicorn calling the same Feast store and Triton model).
 
-    make bench                       # or: .venv/bin/python bench/recommend_bench.py --seconds 10
+    make bench                       # or: .venv/bin/python bench/recommend_bench.py --seconds 9
 
 Prints p50/p95/p99 and requests/s at concurrency 1, 8 and 32 for each, the
 platform/baseline ratios, and the CPU each server's processes (and Triton)
 spent per request, by process (bench/cpu.py): what a slower or busier host
-does not change the way it changes throughput. Each platform variant is a
-separate `serve run` with its own environment and config: the shipped one
+does not change the way it changes throughput.
+
+The baseline stays up for the whole run, and each platform variant is
+measured in alternation with it: every level's measured time is cut into
+slices, baseline and platform in turn, so that the drift of a shared host
+(10 % or more within minutes here) weighs on both alike instead of on
+whichever ran in a slow minute. Each platform variant is a separate
+`serve run` with its own environment and config: the shipped one
 (`platform`), the same with batching across requests off
-(`platform-no-batching`), and, with
-`--variants`, the shipped one called through the Open Inference Protocol's
-REST route (`platform-v2-rest`) and Ray Serve's defaults without the fast
-ingress (`serve-defaults`, `serve-throughput-optimized`), so what each option
-changes is visible. The baseline also runs under two uvicorn workers
+(`platform-no-batching`), and, with `--variants`, the shipped one called
+through the Open Inference Protocol's REST route (`platform-v2-rest`) and
+Ray Serve's defaults without the fast ingress (`serve-defaults`,
+`serve-throughput-optimized`), so what each option changes is visible. The
+baseline also runs under two uvicorn workers alongside the first variant
 (`baseline-2-workers`, a row for reference: the shipped platform scales its
 ingress to two replicas under load, one per core; the ratios stay against
-one worker). Every level runs `--warmup` seconds unmeasured first.
+one worker). Every level runs `--warmup` seconds unmeasured first, on every
+server.
 """
 from __future__ import annotations
 
@@ -31,6 +38,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -39,7 +50,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.cpu import spent, tree_cpu  # noqa: E402
-from bench.figures import Result, payload, run, v2_payload  # noqa: E402
+from bench.figures import Result, payload, run, run_outcomes, v2_payload  # noqa: E402
 from local_stack.bootstrap import ensure  # noqa: E402
 from local_stack.paths import PROJECT_ROOT, StackPaths  # noqa: E402
 from local_stack.processes import default_sigint, stop_group  # noqa: E402
@@ -88,46 +99,77 @@ def wait_ok(url: str, process: subprocess.Popen, timeout_s: float = 180) -> None
     raise TimeoutError(url)
 
 
-# Concurrency level -> CPU microseconds per successful request, by process
-# (the server's own process tree, and `triton`), per server.
-CPU: dict[str, dict[int, dict[str, float]]] = {}
+# Per server: concurrency level -> CPU microseconds per successful request,
+# by process (the server's own process tree, and `triton`).
+CpuTable = dict[str, dict[int, dict[str, float]]]
 
 
-def measure(name: str, url: str, levels: list[int], seconds: float, pids: dict[str, int], warmup_s: float = 0.0) -> list[Result]:
-    """Each level's figures, after `warmup_s` of the same load, and the CPU
-    that `pids`' process trees spent on it (recorded in CPU[name])."""
-    results = []
-    make_payload = v2_payload if url.endswith(V2) else payload
+@dataclass
+class Server:
+    """One server under test: where to send requests, and whose CPU to count."""
+    name: str
+    url: str
+    pids: dict[str, int]
+
+    @property
+    def make_payload(self):
+        return v2_payload if self.url.endswith(V2) else payload
+
+
+def measure_interleaved(servers: list[Server], levels: list[int], seconds: float, warmup_s: float = 0.0,
+                        slices: int = 3) -> tuple[dict[str, list[Result]], CpuTable]:
+    """Each server's figures at each level, measured in `slices` alternating
+    slices of `seconds / slices` (server order reversed every other slice), so
+    that a host that slows down or speeds up during the run (this one does, by
+    10 % or more) weighs on every server alike and the ratios stay fair.
+    Each level first runs `warmup_s` of the same load on every server,
+    unmeasured (the platform's ingress autoscales under load). Only the
+    server being measured has load; the others idle. CPU is counted per
+    server over its own slices only."""
+    results: dict[str, list[Result]] = {server.name: [] for server in servers}
+    cpu: CpuTable = {server.name: {} for server in servers}
     for concurrency in levels:
-        if warmup_s > 0:  # the level's load first, unmeasured: the ingress autoscales under load
-            asyncio.run(run(url, concurrency, warmup_s, make_payload=make_payload))
-        before = {label: tree_cpu(pid) for label, pid in pids.items()}
-        client_before = time.process_time()
-        result = asyncio.run(run(url, concurrency, seconds, make_payload=make_payload))
-        client_us = (time.process_time() - client_before) / max(result.ok, 1) * 1e6
-        used: dict[str, float] = {}
-        for label, pid in pids.items():
-            for process, cpu_s in spent(before[label], tree_cpu(pid)).items():
-                key = "triton" if label == "triton" else process
-                used[key] = used.get(key, 0.0) + cpu_s / max(result.ok, 1) * 1e6
-        CPU.setdefault(name, {})[concurrency] = used
-        print(
-            f"    c={concurrency:<3} p50 {result.p50_ms:6.2f} ms  p95 {result.p95_ms:6.2f}  p99 {result.p99_ms:6.2f}  "
-            f"{result.rps:7.1f} req/s  ({result.ok} ok, {result.failed} failed)  CPU {sum(used.values()):.0f} us/request "
-            f"(the load generator: {client_us:.0f})",
-            flush=True,
-        )
-        results.append(result)
-    return results
+        if warmup_s > 0:
+            for server in servers:
+                asyncio.run(run(server.url, concurrency, warmup_s, make_payload=server.make_payload))
+        outcomes: dict[str, list] = {server.name: [] for server in servers}
+        elapsed = dict.fromkeys(outcomes, 0.0)
+        client_s = dict.fromkeys(outcomes, 0.0)
+        used: dict[str, Counter] = {name: Counter() for name in outcomes}
+        for index in range(slices):
+            for server in servers if index % 2 == 0 else servers[::-1]:
+                before = {label: tree_cpu(pid) for label, pid in server.pids.items()}
+                client_before = time.process_time()
+                part, part_s = asyncio.run(run_outcomes(
+                    server.url, concurrency, seconds / slices, make_payload=server.make_payload, seed=index))
+                client_s[server.name] += time.process_time() - client_before
+                outcomes[server.name] += part
+                elapsed[server.name] += part_s
+                for label, pid in server.pids.items():
+                    for process, cpu_s in spent(before[label], tree_cpu(pid)).items():
+                        used[server.name]["triton" if label == "triton" else process] += cpu_s
+        for server in servers:
+            result = Result.of(concurrency, outcomes[server.name], elapsed[server.name])
+            per_request = {process: cpu_s / max(result.ok, 1) * 1e6 for process, cpu_s in used[server.name].items()}
+            cpu[server.name][concurrency] = per_request
+            print(
+                f"    {server.name:<22} c={concurrency:<3} p50 {result.p50_ms:6.2f} ms  p95 {result.p95_ms:6.2f}  "
+                f"p99 {result.p99_ms:6.2f}  {result.rps:7.1f} req/s  ({result.ok} ok, {result.failed} failed)  "
+                f"CPU {sum(per_request.values()):.0f} us/request "
+                f"(the load generator: {client_s[server.name] / max(result.ok, 1) * 1e6:.0f})",
+                flush=True,
+            )
+            results[server.name].append(result)
+    return results, cpu
 
 
 def baseline_name(workers: int) -> str:
     return "baseline" if workers == 1 else f"baseline-{workers}-workers"
 
 
-def run_baseline(paths: StackPaths, triton: TritonServer, levels, seconds, log: Path, workers: int = 1,
-                 warmup_s: float = 0.0) -> list[Result]:
-    """The hand-written app under `workers` uvicorn processes (1: the ratios' base)."""
+@contextmanager
+def baseline_server(paths: StackPaths, triton: TritonServer, log: Path, workers: int = 1) -> Iterator[Server]:
+    """The hand-written app under `workers` uvicorn processes (1: the ratios' base), up."""
     port = free_port()
     env = dict(os.environ, BASELINE_TRITON=triton.grpc_url, BASELINE_STACK=str(paths.root), FEAST_USAGE="False")
     command = [sys.executable, "-m", "uvicorn", "bench.baseline_app:app", "--host", "127.0.0.1", "--port", str(port),
@@ -136,13 +178,15 @@ def run_baseline(paths: StackPaths, triton: TritonServer, levels, seconds, log: 
     try:
         url = f"http://127.0.0.1:{port}/recommend"
         wait_ok(url, process)
-        return measure(baseline_name(workers), url, levels, seconds, {"server": process.pid, "triton": triton.process.pid}, warmup_s)
+        yield Server(baseline_name(workers), url, {"server": process.pid, "triton": triton.process.pid})
     finally:
         stop_group(process, signal.SIGTERM)
 
 
-def run_platform(name: str, triton: TritonServer, env: dict[str, str], batching: bool, levels, seconds, tmp: Path, log: Path,
-                 warmup_s: float = 0.0) -> list[Result]:
+@contextmanager
+def platform_server(name: str, triton: TritonServer, env: dict[str, str], batching: bool, tmp: Path,
+                    log: Path) -> Iterator[Server]:
+    """`serve run` of the recommend app of configs/local.yaml as variant `name`, up."""
     port = free_port()
     config_file = tmp / f"serve-{port}.yaml"
     config = local_config(port, triton.grpc_url, only={"recommend"})
@@ -158,7 +202,7 @@ def run_platform(name: str, triton: TritonServer, env: dict[str, str], batching:
         wait_ok(url, process)
         if name.endswith("-v2-rest"):
             url += V2
-        return measure(name, url, levels, seconds, {"server": process.pid, "triton": triton.process.pid}, warmup_s)
+        yield Server(name, url, {"server": process.pid, "triton": triton.process.pid})
     finally:
         stop_group(process, signal.SIGINT, timeout_s=40)  # serve run shuts its own cluster down
         stop_haproxy(env)
@@ -166,7 +210,10 @@ def run_platform(name: str, triton: TritonServer, env: dict[str, str], batching:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=8.0, help="load time per concurrency level")
+    parser.add_argument("--seconds", type=float, default=9.0, help="measured load time per server and concurrency level")
+    parser.add_argument("--slices", type=int, default=3,
+                        help="the measured time of each level is cut into this many slices, alternating between "
+                        "the servers of a group, so that the host's drift weighs on all of them alike")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--warmup", type=float, default=20.0,
                         help="seconds of each level's load before it is measured, for every server: the steady "
@@ -175,8 +222,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(SHIPPED), choices=list(variants()),
                         help=f"platform variants to run (default: {' '.join(SHIPPED)})")
     parser.add_argument("--baseline-workers", type=int, nargs="*", default=[2],
-                        help="also run the baseline under this many uvicorn workers (a row for reference; "
-                        "the ratios stay against one worker, the app as a user writes it)")
+                        help="also run the baseline under this many uvicorn workers, alongside the first variant "
+                        "(a row for reference; the ratios stay against one worker, the app as a user writes it)")
     args = parser.parse_args()
 
     paths = ensure()
@@ -185,55 +232,68 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     triton = TritonServer(paths.triton_repo, paths.triton_backends, free_port(), free_port(), free_port(), log_file=logs / "triton.log")
     triton.start()
-    table: dict[str, list[Result]] = {}
+    # One group per platform variant: the variant, measured in alternation with
+    # the baseline (and, with the first, the baseline's other worker counts).
+    groups: list[tuple[dict[str, list[Result]], CpuTable]] = []
     try:
-        print("==> baseline: FastAPI + uvicorn calling Feast and Triton directly", flush=True)
-        table["baseline"] = run_baseline(paths, triton, args.levels, args.seconds, logs / "baseline.log", warmup_s=args.warmup)
-        for workers in args.baseline_workers:
-            print(f"==> {baseline_name(workers)}: the same app under {workers} uvicorn workers", flush=True)
-            table[baseline_name(workers)] = run_baseline(
-                paths, triton, args.levels, args.seconds, logs / f"{baseline_name(workers)}.log", workers, args.warmup
-            )
-        all_variants = variants()
-        for name in args.variants:
-            print(f"==> platform: serve run configs/local.yaml [{name}]", flush=True)
-            env, batching = all_variants[name]
-            try:
-                table[name] = run_platform(
-                    name, triton, env, batching, args.levels, args.seconds, tmp, logs / f"{name}.log", args.warmup
-                )
-            except (RuntimeError, TimeoutError) as error:
-                print(f"    failed to start: {error} (log {logs / f'{name}.log'})", flush=True)
+        with ExitStack() as baselines:
+            base = baselines.enter_context(baseline_server(paths, triton, logs / "baseline.log"))
+            others = [baselines.enter_context(baseline_server(paths, triton, logs / f"{baseline_name(w)}.log", w))
+                      for w in args.baseline_workers]
+            all_variants = variants()
+            for index, name in enumerate(args.variants):
+                print(f"==> platform: serve run configs/local.yaml [{name}], alternating with the baseline "
+                      "(FastAPI + uvicorn calling Feast and Triton directly)", flush=True)
+                env, batching = all_variants[name]
+                try:
+                    with platform_server(name, triton, env, batching, tmp, logs / f"{name}.log") as server:
+                        group = [base] + (others if index == 0 else []) + [server]
+                        groups.append(measure_interleaved(group, args.levels, args.seconds, args.warmup, args.slices))
+                except (RuntimeError, TimeoutError) as error:
+                    print(f"    failed to start: {error} (log {logs / f'{name}.log'})", flush=True)
     finally:
         triton.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    base = {r.concurrency: r for r in table["baseline"]}
     print(f"\n/recommend, 20 candidates, k=5; {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
-          f"{platform.processor() or platform.machine()}, {args.seconds:g} s per level after {args.warmup:g} s of warm-up")
+          f"{platform.processor() or platform.machine()}, {args.seconds:g} s per level and server in {args.slices} "
+          f"alternating slices, after {args.warmup:g} s of warm-up")
     print("| server | concurrency | p50 ms | p95 ms | p99 ms | req/s | p50 vs baseline | req/s vs baseline |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, results in table.items():
-        for r in results:
-            b = base[r.concurrency]
-            print(
-                f"| {name} | {r.concurrency} | {r.p50_ms:.2f} | {r.p95_ms:.2f} | {r.p99_ms:.2f} | {r.rps:.0f} | "
-                f"{r.p50_ms / b.p50_ms:.2f}x | {r.rps / b.rps:.2f}x |"
-            )
-    print_cpu(max(args.levels))
+    for index, (group, _) in enumerate(groups):
+        by_level = {r.concurrency: r for r in group["baseline"]}
+        for name, results in group.items():
+            for r in results:
+                b = by_level[r.concurrency]
+                print(
+                    f"| {label(name, index, group)} | {r.concurrency} | {r.p50_ms:.2f} | {r.p95_ms:.2f} | "
+                    f"{r.p99_ms:.2f} | {r.rps:.0f} | {r.p50_ms / b.p50_ms:.2f}x | {r.rps / b.rps:.2f}x |"
+                )
+    print_cpu(groups, max(args.levels))
 
 
-def print_cpu(concurrency: int) -> None:
-    """Where each server's CPU per request goes, by process, at one concurrency."""
-    base = sum(CPU["baseline"][concurrency].values())
+def label(name: str, index: int, group: dict) -> str:
+    """A server's name in the tables; a later group's baseline says whose it is."""
+    return name if index == 0 or name != "baseline" else f"baseline (alongside {list(group)[-1]})"
+
+
+def print_cpu(groups: list[tuple[dict[str, list[Result]], CpuTable]], concurrency: int, least_us: float = 10) -> None:
+    """Where each server's CPU per request goes, by process, at one
+    concurrency; processes under `least_us` are summed in one row."""
     print(f"\n| server (c={concurrency}) | process | CPU us per request |")
     print("|---|---|---|")
-    for name, levels in CPU.items():
-        used = levels[concurrency]
-        for process, us in sorted(used.items(), key=lambda kv: -kv[1]):
-            if us >= 1:
-                print(f"| {name} | {process} | {us:.0f} |")
-        print(f"| {name} | **total** | **{sum(used.values()):.0f}** ({sum(used.values()) / base:.2f}x baseline) |")
+    for index, (group, cpu) in enumerate(groups):
+        base = sum(cpu["baseline"][concurrency].values())
+        for name, levels in cpu.items():
+            used = levels[concurrency]
+            small = [us for us in used.values() if us < least_us]
+            for process, us in sorted(used.items(), key=lambda kv: -kv[1]):
+                if us >= least_us:
+                    print(f"| {label(name, index, group)} | {process} | {us:.0f} |")
+            if small:
+                print(f"| {label(name, index, group)} | {len(small)} others under {least_us:g} us each | {sum(small):.0f} |")
+            total = sum(used.values())
+            print(f"| {label(name, index, group)} | **total** | **{total:.0f}** ({total / base:.2f}x baseline) |")
 
 
 if __name__ == "__main__":
