@@ -18,6 +18,13 @@ from typing import Any, Callable, Iterable, Iterator
 
 from deployments.graph.references import REQUEST, Reference
 from deployments.graph.spec import STEP_KINDS, GraphSpec, Step, walk
+from deployments.nodes import KINDS
+
+
+def batching_kinds() -> str:
+    """The kinds that take `batch:`, for an error message: "a, b and c"."""
+    names = [kind.model_fields["kind"].annotation.__args__[0] for kind in KINDS if kind.batches]
+    return ", ".join(names[:-1]) + " and " + names[-1]
 
 DEPLOYMENT_ONLY = ("num_replicas", "autoscaling_config", "max_ongoing_requests", "ray_actor_options")
 
@@ -76,7 +83,7 @@ def _node_problems(spec: GraphSpec, name: str, node: Any, path: str) -> list[Pro
     elif node.num_replicas is not None and node.autoscaling_config is not None:
         problems.append(Problem(f"{path}.num_replicas", "give num_replicas or autoscaling_config, not both"))
     if node.batch is not None and not node.batches:
-        problems.append(Problem(f"{path}.batch", f"{node.kind} nodes do not batch (feature_lookup, triton_model and python do)"))
+        problems.append(Problem(f"{path}.batch", f"{node.kind} nodes do not batch ({batching_kinds()} do)"))
 
     required, optional = node.inputs_taken()
     given = set(node.inputs)

@@ -20,7 +20,11 @@ recommend request is a hundred items). The metrics mirror its own:
 
 A node kind that batches gives `Batcher` a function from a list of items to
 a list of results in the same order, where a result may be `Failed`: that
-request fails alone, with its own error, and the others answer.
+request fails alone, with its own error, and the others answer. With
+`timeout_s`, a request that waits in a batch is bounded by its own timeout,
+counted from its arrival: behind a call that stalls, it fails with
+`on_timeout()` when its time is up, not after the stalled call's timeout and
+then its own batch's.
 """
 from __future__ import annotations
 
@@ -68,11 +72,14 @@ class Batcher(Generic[Item]):
     other requests' items too. `rows(item)` is the item's share of
     `max_batch_size`; an item larger than that on its own goes alone."""
 
-    def __init__(self, name: str, config: BatchConfig, call: BatchCall, rows: Callable[[Item], int] = lambda _: 1):
+    def __init__(self, name: str, config: BatchConfig, call: BatchCall, rows: Callable[[Item], int] = lambda _: 1,
+                 timeout_s: Optional[float] = None, on_timeout: Callable[[], BaseException] = TimeoutError):
         self.name = name
         self.config = config
         self._call = call
         self._rows = rows
+        self._timeout_s = timeout_s
+        self._on_timeout = on_timeout
         self._in_flight = 0
         self._waiting: deque[tuple[Item, asyncio.Future, float]] = deque()
         self._waiting_rows = 0
@@ -100,7 +107,12 @@ class Batcher(Generic[Item]):
             self._timer = loop.call_later(self.config.max_wait_ms / 1000.0, self._flush)
         # A caller that gives up (its timeout, a client gone) leaves its item
         # in the batch: the others' call goes on, its result is dropped.
-        return await future
+        if self._timeout_s is None:
+            return await future
+        try:
+            return await asyncio.wait_for(future, self._timeout_s)
+        except asyncio.TimeoutError:
+            raise self._on_timeout() from None
 
     def _flush(self) -> None:
         """Send what waits, in calls of at most max_batch_size rows."""

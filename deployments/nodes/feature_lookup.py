@@ -339,7 +339,9 @@ class FeatureLookupRunner(Node):
         self.lookup = FeatureLookup(spec.config)
         self.read = self.lookup.lookup
         if spec.batch is not None:
-            self.read = Batcher(name, spec.batch, self.lookup.lookup_many, rows=len)
+            timeout_s = spec.config.timeout_s
+            self.read = Batcher(name, spec.batch, self.lookup.lookup_many, rows=len, timeout_s=timeout_s,
+                                on_timeout=lambda: BackendTimeout(self.lookup.backend, timeout_s))
 
     def join_keys(self) -> set[str]:
         return {key for keys in self.lookup.join_keys.values() for key in keys}

@@ -10,9 +10,16 @@ the local stack's `ranker`) fails at load with that reason.
 
 inputs and output as for `triton_model`: `features` -> {scores, model}.
 `device: cuda` needs a GPU, so only a node placed apart can ask for it.
+
+The forward pass runs in a worker thread (torch releases the GIL in its
+kernels), so the replica's event loop keeps serving while it runs; with
+`batch:`, the requests that arrive meanwhile go as one forward pass of all
+their rows, split back per request. A request whose rows the model refuses
+(a wrong number of features) fails alone.
 """
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
@@ -20,6 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deployments.nodes.base import Node, NodeSpec
+from deployments.nodes.batching import BatchConfig, Batcher, Failed
 from deployments.nodes.feature_lookup import FeatureFrame
 from deployments.registry import ModelRef, download_version, resolve_alias, served
 
@@ -61,7 +69,7 @@ class TorchModel(Node):
     backend = "torch"
     records_scores = True
 
-    def __init__(self, config: TorchModelConfig):
+    def __init__(self, config: TorchModelConfig, name: str = "torch_model", batch: Optional[BatchConfig] = None):
         import mlflow.pytorch
         import torch
 
@@ -77,6 +85,7 @@ class TorchModel(Node):
         self.input_features = config.input_features or self.ref.input_features
         self.device = torch.device(config.device)
         self.module = _inference_module(mlflow.pytorch.load_model(str(path), map_location=self.device))
+        self.score = self._score_one if batch is None else Batcher(name, batch, self._score_many, rows=len)
 
     def matrix(self, features: Any) -> np.ndarray:
         if isinstance(features, FeatureFrame):
@@ -97,8 +106,28 @@ class TorchModel(Node):
 
     async def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """{"features": a FeatureFrame or a matrix} -> {"scores": [...], "model": name/version/alias}."""
-        scores = self.infer(self.matrix(inputs["features"]))
+        scores = await self.score(self.matrix(inputs["features"]))
         return {"scores": scores.tolist(), "model": served(self.ref).model_dump()}
+
+    async def _score_one(self, rows: np.ndarray) -> np.ndarray:
+        return await asyncio.to_thread(self.infer, rows)
+
+    async def _score_many(self, matrices: list[np.ndarray]) -> list[Any]:
+        """One forward pass of every request's rows, split back; when it
+        fails, each request alone, so that a request the model refuses fails
+        by itself."""
+        try:
+            scores = await asyncio.to_thread(self.infer, np.concatenate(matrices))
+        except Exception:
+            return [await self._alone(rows) for rows in matrices]
+        ends = np.cumsum([len(rows) for rows in matrices])
+        return np.split(scores, ends[:-1])
+
+    async def _alone(self, rows: np.ndarray) -> Any:
+        try:
+            return await self._score_one(rows)
+        except Exception as error:
+            return Failed(error)
 
 
 class TorchModelNode(NodeSpec):
@@ -107,6 +136,7 @@ class TorchModelNode(NodeSpec):
     kind: Literal["torch_model"]
     config: TorchModelConfig
     required_inputs: ClassVar[frozenset[str]] = frozenset({"features"})
+    batches: ClassVar[bool] = True
 
     @model_validator(mode="after")
     def _cuda_needs_its_own_deployment(self):
@@ -118,4 +148,4 @@ class TorchModelNode(NodeSpec):
         return self
 
     def build(self, name: str, companion: Any = None) -> Node:
-        return TorchModel(self.config)
+        return TorchModel(self.config, name, self.batch)

@@ -233,7 +233,9 @@ class TritonRunner(Node):
                     f"graph.nodes.{name}.batch.max_batch_size: {self.max_rows} rows, but {spec.config.model} "
                     f"on Triton takes at most {model_max} (max_batch_size in its config.pbtxt)"
                 )
-            self.score = Batcher(name, spec.batch, self._score_many, rows=lambda item: len(item[1]))
+            timeout_s = spec.config.timeout_s
+            self.score = Batcher(name, spec.batch, self._score_many, rows=lambda item: len(item[1]), timeout_s=timeout_s,
+                                 on_timeout=lambda: BackendTimeout(self.model.backend, timeout_s))
 
     def fields(self) -> set[str]:
         return {"scores", "model"}

@@ -4,11 +4,14 @@ backend call, each answered with exactly what it would get alone."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 
 import numpy as np
 import pytest
 
-from deployments.errors import BackendUnavailable, NotFound
+from deployments.errors import BackendTimeout, BackendUnavailable, NotFound
 from deployments.nodes.feature_lookup import FeatureLookupConfig, FeatureLookupNode
 from deployments.nodes.triton_model import TritonModelConfig, TritonModelNode
 
@@ -129,6 +132,44 @@ def test_a_request_triton_refuses_fails_alone_and_the_others_in_its_batch_answer
     first, refused, last = asyncio.run(scenario())
     assert isinstance(refused, BackendUnavailable), refused
     assert len(first["scores"]) == 4 and len(last["scores"]) == 4
+
+
+def test_requests_batched_behind_a_frozen_triton_fail_with_backend_timeout_within_their_own_timeout(stack, triton):
+    """Triton accepts connections but never answers (SIGSTOP): the call in
+    flight times out after `timeout_s`, and the requests that gathered behind
+    it fail with the same 503-class error `timeout_s` after they arrived, not
+    nearly twice that (the rest of the stalled call's timeout, then their own
+    batch's)."""
+    timeout_s = 1.0
+    node = TritonModelNode(kind="triton_model", inputs={"features": "features"}, batch=BATCH,
+                           config=TritonModelConfig(url=triton.grpc_url, registry_uri=stack.mlflow_uri, timeout_s=timeout_s)).build("ranker")
+    rows = np.zeros((4, 12), dtype=np.float32)
+
+    async def timed(delay_s):
+        await asyncio.sleep(delay_s)
+        started = time.monotonic()
+        try:
+            await node.run({"features": rows})
+        except BackendTimeout as error:
+            return error, time.monotonic() - started
+        return None, time.monotonic() - started
+
+    async def scenario():
+        try:
+            await node.run({"features": rows})  # connected and warm before the freeze
+            os.kill(triton.process.pid, signal.SIGSTOP)
+            try:
+                return await asyncio.gather(timed(0.0), timed(0.1), timed(0.1), timed(0.2))
+            finally:
+                os.kill(triton.process.pid, signal.SIGCONT)
+        finally:
+            await node.close()
+
+    outcomes = asyncio.run(scenario())
+    for error, elapsed_s in outcomes:
+        assert isinstance(error, BackendTimeout), (error, elapsed_s)
+        assert (error.status, error.code, error.details) == (503, "backend_timeout", {"backend": "triton", "timeout_s": timeout_s})
+        assert elapsed_s < timeout_s + 0.5, outcomes  # not the 1.8-1.9 s of two timeouts in a row
 
 
 def test_a_batch_larger_than_the_model_takes_is_refused_when_the_node_is_built(stack, triton):

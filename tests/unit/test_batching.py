@@ -126,6 +126,40 @@ def test_a_request_that_gives_up_while_waiting_does_not_break_the_batch():
     assert calls == [[1], [2, 3]]
 
 
+def test_a_request_waiting_behind_a_stalled_call_fails_within_its_own_timeout():
+    """The call in flight stalls (a frozen backend, bounded by its own timeout
+    of 0.4 s); requests that arrive meanwhile fail with the node's timeout
+    error 0.4 s after they arrived, not after the stalled call's timeout and
+    then their own batch's."""
+    timeout_s = 0.4
+
+    async def stalled(items):
+        await asyncio.sleep(timeout_s)  # the first call's own bound
+        raise TimeoutError("first call timed out")
+
+    async def scenario():
+        batcher = Batcher("n", BatchConfig(max_batch_size=8, max_wait_ms=1), stalled,
+                          timeout_s=timeout_s, on_timeout=lambda: LookupError("n did not answer"))
+        first = asyncio.ensure_future(batcher(1))
+        await asyncio.sleep(0.1)  # arrive while the first call stalls
+
+        async def timed(item):
+            started = asyncio.get_running_loop().time()
+            try:
+                await batcher(item)
+            except LookupError as error:
+                return str(error), asyncio.get_running_loop().time() - started
+        waited = await asyncio.gather(timed(2), timed(3))
+        return await asyncio.gather(first, return_exceptions=True), waited
+
+    (first,), waited = run(scenario())
+    assert isinstance(first, TimeoutError)
+    for message, elapsed_s in waited:
+        assert message == "n did not answer"
+        # 0.4 s, not 0.3 + 0.4 (the rest of the stalled call, then its own batch's call)
+        assert timeout_s <= elapsed_s < timeout_s + 0.25, elapsed_s
+
+
 def test_requests_that_gather_while_the_node_stays_busy_go_after_max_wait_ms():
     async def scenario():
         backend, batcher, first = await busy(max_wait_ms=1)
@@ -160,7 +194,7 @@ def test_batch_on_a_kind_that_cannot_batch_is_refused():
     with pytest.raises(GraphSpecError) as raised:
         parse_args(graph_args(nodes, sequence("d", "m"), {"y": "m"}))
     assert [(p.path, p.message) for p in raised.value.problems] == [
-        ("graph.nodes.m.batch", "aggregate nodes do not batch (feature_lookup, triton_model and python do)")]
+        ("graph.nodes.m.batch", "aggregate nodes do not batch (feature_lookup, triton_model, torch_model and python do)")]
 
 
 def test_a_batched_python_node_gets_lists_in_process_and_each_request_its_own_answer():

@@ -3,6 +3,7 @@ and runs it in the process; the answer names the version. The registry here is
 a private SQLite one with a small network registered for the test."""
 import asyncio
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -66,3 +67,69 @@ def test_an_alias_the_registry_does_not_have_fails_at_build(registry):
     uri, _ = registry
     with pytest.raises(Exception, match="alias nightly not found"):
         TorchModel(TorchModelConfig(model="scorer", alias="nightly", registry_uri=uri))
+
+
+def batched_scorer(uri):
+    """A batching scorer whose forward passes are counted (rows each), the first held until released."""
+    from deployments.nodes.batching import BatchConfig
+
+    model = TorchModel(TorchModelConfig(model="scorer", registry_uri=uri), "scorer", BatchConfig(max_batch_size=64, max_wait_ms=1000))
+    model.passes, model.first_pass_may_end = [], threading.Event()
+    forward = model.infer
+
+    def counted(rows):
+        model.passes.append(len(rows))
+        if len(model.passes) == 1:
+            model.first_pass_may_end.wait(10)
+        return forward(rows)
+
+    model.infer = counted
+    return model
+
+
+async def while_the_first_pass_runs(model, first, others):
+    """`first` alone, then `others` arriving while its forward pass runs in its thread."""
+    head = asyncio.ensure_future(model.run({"features": first}))
+    await asyncio.sleep(0)
+    rest = asyncio.gather(*[model.run({"features": m}) for m in others], return_exceptions=True)
+    await asyncio.sleep(0.05)
+    model.first_pass_may_end.set()
+    return [await head, *await rest]
+
+
+def test_concurrent_requests_go_as_one_forward_pass_and_each_gets_its_own_scores(registry):
+    uri, _ = registry
+    model, alone = batched_scorer(uri), TorchModel(TorchModelConfig(model="scorer", registry_uri=uri))
+    rng = np.random.default_rng(2)
+    matrices = [rng.normal(size=(rows, 3)).astype(np.float32) for rows in (2, 4, 1, 3)]
+
+    answers = asyncio.run(while_the_first_pass_runs(model, matrices[0], matrices[1:]))
+
+    assert model.passes == [2, 8]  # alone; then 4 + 1 + 3 rows in one pass
+    for answer, rows in zip(answers, matrices):
+        assert answer["scores"] == pytest.approx(asyncio.run(alone.run({"features": rows}))["scores"], abs=1e-6)
+        assert answer["model"]["version"] == "1"
+
+
+def test_a_request_the_network_refuses_fails_alone_and_the_others_in_its_batch_answer(registry):
+    uri, _ = registry
+    model = batched_scorer(uri)
+    good, refused = np.zeros((4, 3), dtype=np.float32), np.zeros((2, 5), dtype=np.float32)  # five features, not three
+
+    first, before, failed, after = asyncio.run(while_the_first_pass_runs(model, good, [good, refused, good]))
+
+    assert isinstance(failed, Exception) and "size" in str(failed), failed  # the network's shape guard, this request only
+    assert len(first["scores"]) == len(before["scores"]) == len(after["scores"]) == 4
+    assert model.passes == [4, 4, 2, 4]  # the batch could not be one pass: each request alone
+
+
+def test_batch_is_taken_by_the_torch_node_in_a_graph_spec(registry):
+    uri, _ = registry
+    nodes = {
+        "rows": py("rows_of_three", values="request.rows"),
+        "scorer": {"kind": "torch_model", "config": {"model": "scorer", "registry_uri": uri}, "inputs": {"features": "rows"},
+                   "batch": {"max_batch_size": 256, "max_wait_ms": 2}},
+    }
+    args = graph_args(nodes, sequence("rows", "scorer"), {"scores": "scorer.scores"}, {"rows": {"type": "list[float]"}})
+    answer = asyncio.run(in_process(args).run({"rows": [0.0, 0.0, 0.0, 1.0, 2.0, 3.0]}))
+    assert len(answer.output["scores"]) == 2
