@@ -21,13 +21,17 @@ from typing import Any
 
 from deployments.graph.args import GraphArgs, args_from_config, load, parse_args
 from deployments.graph.executor import GraphExecutor
+from deployments.payloads import PayloadLogger
 
 __all__ = ["GraphArgs", "args_from_config", "build", "in_process", "load", "parse_args"]
 
 
 def in_process(args: GraphArgs | dict[str, Any]) -> GraphExecutor:
-    """The graph as a plain async object: every node inline, in this process."""
-    return GraphExecutor(parse_args(args).graph)
+    """The graph as a plain async object: every node inline, in this process
+    (with its payload log, if the args ask for one: `executor.payloads`)."""
+    args = parse_args(args)
+    payloads = PayloadLogger(args.graph.name, args.payload_log) if args.payload_log is not None else None
+    return GraphExecutor(args.graph, payloads=payloads)
 
 
 def build(args: GraphArgs) -> Any:

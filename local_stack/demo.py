@@ -127,6 +127,8 @@ def main() -> None:
         print(f"  OpenAPI docs: {base}/recommend/docs")
         print(f"  traces (the latest traced request's, as a tree; 5 % are traced, and any sent with -H 'traceparent: 00-<32 hex>-<16 hex>-01'):\n"
               f"    .venv/bin/python -m observability.tracing {temp_dir}/session_latest/logs/serve/spans")
+        print(f"  payloads (every request, its answer, features and scores, as CloudEvents in .local/payloads/recommend):\n"
+              f"    .venv/bin/python -m cli.payloads {args.config} -n 5        # --json for whole records")
         print(f"  metrics: http://127.0.0.1:{args.metrics_port}/metrics (ray_graph_node_latency_ms, ray_serve_*)")
         print(f"  Ray dashboard: http://127.0.0.1:{args.dashboard_port}; this cluster's token: {env['RAY_AUTH_TOKEN_PATH']}")
         print(f"    RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={env['RAY_AUTH_TOKEN_PATH']} serve status -a http://127.0.0.1:{args.dashboard_port}")

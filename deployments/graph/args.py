@@ -8,6 +8,7 @@ config is read (`serve run`/`serve deploy` call the builder with them;
         args:
           graph: {name: ..., request: ..., nodes: ..., flow: ..., output: ...}
           http: {api_keys: [...]}          # optional (deployments/http/security)
+          payload_log: {sink: {kind: file}} # optional (deployments/payloads)
 
 Pydantic checks each key's type and each node kind's settings; the
 whole-graph checks of deployments/graph/validate.py run in the validator,
@@ -26,6 +27,7 @@ from deployments.field_paths import reasons
 from deployments.graph.spec import GraphSpec
 from deployments.graph.validate import GraphSpecError, Problem, validate
 from deployments.http.security import CALLER_SAMPLING_RATIO_DESCRIPTION, HttpSecurity
+from deployments.payloads import PayloadLogConfig
 
 IMPORT_PATH = "apps.graph:build"
 
@@ -51,10 +53,17 @@ class GraphArgs(BaseModel):
     unhealthy_after_s: float = Field(
         30.0, gt=0, description="check_health fails (Serve replaces the replica) once a node's backend is unreachable this long."
     )
+    payload_log: Optional[PayloadLogConfig] = Field(
+        None, description="Log requests, answers, chosen nodes' outputs, model versions and routes as CloudEvents "
+        "to a file, a Redis stream or an HTTP receiver, sampled, off the request path (deployments/payloads)."
+    )
 
     @model_validator(mode="after")
     def _whole_graph(self):
         problems = validate(self.graph)
+        if self.payload_log is not None:
+            problems += [Problem(f"payload_log.{path}", reason) for path, reason in self.payload_log.problems(
+                set(self.graph.request), set(self.graph.output), set(self.graph.nodes))]
         if problems:
             raise GraphSpecError(problems)
         return self

@@ -44,6 +44,8 @@ from deployments.graph.tracing import node_span, step_span
 from deployments.graph.validate import GraphSpecError, Problem, check_bound
 from deployments.metrics import NodeMetrics
 from deployments.nodes import Node, NodeSpec
+from deployments.payloads import PayloadLogger
+from deployments.payloads.events import models_of
 
 # name, spec -> the Node that runs it. In-process every node is built here
 # (`spec.build(name)`); the Serve builder passes a factory that returns a stand-in
@@ -86,8 +88,9 @@ class _Run:
 
 class GraphExecutor:
     def __init__(self, spec: GraphSpec, node_factory: NodeFactory = inline_node, shadow_log: ShadowLog | None = None,
-                 score_sample_ratio: float = 1.0):
+                 score_sample_ratio: float = 1.0, payloads: PayloadLogger | None = None):
         self.spec = spec
+        self.payloads = payloads
         self.nodes = {name: node_factory(name, node) for name, node in spec.nodes.items()}
         self._check_built()
         self.request_model = request_schema.request_model(spec.name, spec.request)
@@ -122,11 +125,38 @@ class GraphExecutor:
 
     async def run(self, body: Any) -> GraphAnswer:
         started = time.perf_counter()
-        run = _Run(state={REQUEST: request_schema.parse(self.request_model, body)})
-        await self._step(self.spec.flow, run, "graph.flow")
-        output = {name: self._resolve(text, f"graph.output.{name}", run.state) for name, text in self.spec.output.items()}
+        logged = self.payloads is not None and self.payloads.sampled()
+        run = _Run(state={})
+        try:
+            run.state[REQUEST] = request_schema.parse(self.request_model, body)
+            await self._step(self.spec.flow, run, "graph.flow")
+            output = {name: self._resolve(text, f"graph.output.{name}", run.state) for name, text in self.spec.output.items()}
+        except Exception as error:
+            if logged:
+                self._log_payload(body, run, None, error, started)
+            raise
         run.timings["total"] = round((time.perf_counter() - started) * 1000.0, 3)
+        if logged:
+            self._log_payload(body, run, output, None, started)
         return GraphAnswer(output=output, routes=run.routes, errors=run.errors, latency_ms=run.timings)
+
+    def _log_payload(self, body: Any, run: _Run, output: dict[str, Any] | None, error: Exception | None,
+                     started: float) -> None:
+        """The request's record for the payload log (deployments/payloads): references, encoded off the request path."""
+        state = run.state
+        status = 200 if error is None else (error.status if isinstance(error, GraphError) else 500)
+        self.payloads.log({
+            "graph": self.spec.name,
+            "status": status,
+            "error": None if error is None else (error.body()["error"] if isinstance(error, GraphError) else {"code": "internal_error"}),
+            "request": state.get(REQUEST, body),
+            "response": output,
+            "models": models_of(state),
+            "routes": run.routes,
+            "errors": run.errors,
+            "nodes": {name: state[name] for name in self.payloads.config.nodes if name in state},
+            "latency_ms": {**run.timings, "total": round((time.perf_counter() - started) * 1000.0, 3)},
+        })
 
     async def drain(self) -> None:
         """Wait for the shadow tasks in flight."""

@@ -16,6 +16,7 @@ to check again), so what runs is exactly what was checked.
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any, Optional
 
 from fastapi import FastAPI, Request
@@ -31,6 +32,7 @@ from deployments.http import app as http_app
 from deployments.http import security
 from deployments.http.readiness import CachedReadiness, may_see_details, readiness_response
 from deployments.nodes import Node, NodeSpec
+from deployments.payloads import PayloadLogger
 
 
 @serve.deployment(max_ongoing_requests=64, health_check_period_s=5, health_check_timeout_s=10)
@@ -145,6 +147,18 @@ def document_v2(schema: dict[str, Any], graph: str) -> None:
         infer["responses"]["400"] = {"description": 'A bad tensor: {"error": "<what, naming the tensor>"} (the protocol\'s format).'}
 
 
+def replica_payload_log(args: GraphArgs) -> Optional[PayloadLogger]:
+    """The replica's payload logger: its own file (named by the replica's id)
+    and each record's id the request's (Serve's X-Request-ID)."""
+    if args.payload_log is None:
+        return None
+    from ray.serve.context import _get_serve_request_context
+
+    replica = serve.get_replica_context().replica_id.unique_id
+    return PayloadLogger(args.graph.name, args.payload_log, writer=f"replica-{replica}",
+                         request_id=lambda: _get_serve_request_context().request_id or uuid.uuid4().hex)
+
+
 api = http_app.install(FastAPI(title="graph", description="A declarative graph (docs/graphs.md)."))
 api.add_middleware(http_app.PrefixRoot)
 
@@ -165,7 +179,8 @@ class GraphIngress:
         def factory(name: str, spec: NodeSpec) -> Node:
             return remote[name] if name in remote else spec.build(name, companions.get(name))
 
-        self.executor = GraphExecutor(args.graph, node_factory=factory, score_sample_ratio=args.score_sample_ratio)
+        self.executor = GraphExecutor(args.graph, node_factory=factory, score_sample_ratio=args.score_sample_ratio,
+                                      payloads=replica_payload_log(args))
         self.readiness = CachedReadiness(self._checks, period_s=args.readiness_period_s, name=f"graph {args.graph.name}")
         self._keys_on = args.http is not None and bool(args.http.api_keys)
         # The clock of unhealthy_after_s starts once the replica is built (the
@@ -255,6 +270,12 @@ class GraphIngress:
         from deployments.graph.draw import mermaid
 
         return mermaid(self.executor.spec)
+
+    def __del__(self):
+        """Serve's shutdown hook: what the payload log holds is written (2 s at most)."""
+        payloads = getattr(getattr(self, "executor", None), "payloads", None)
+        if payloads is not None:
+            payloads.close(timeout_s=2.0)
 
     async def check_health(self) -> None:
         """Serve replaces the replica when its backends stay unreachable.
