@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from deployments.graph.validate import GraphSpecError, Problem, check_bound
 from deployments.metrics import NodeMetrics
 from deployments.nodes import Node, NodeSpec
 from deployments.payloads import PayloadLogger
-from deployments.payloads.events import models_of
+from deployments.payloads.events import SHADOW_EVENT_TYPE, models_of
 
 # name, spec -> the Node that runs it. In-process every node is built here
 # (`spec.build(name)`); the Serve builder passes a factory that returns a stand-in
@@ -84,6 +85,7 @@ class _Run:
     routes: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    logged: bool = False  # sampled for the payload log
 
 
 class GraphExecutor:
@@ -91,11 +93,12 @@ class GraphExecutor:
                  score_sample_ratio: float = 1.0, payloads: PayloadLogger | None = None):
         self.spec = spec
         self.payloads = payloads
+        self._draw = random.random
         self.nodes = {name: node_factory(name, node) for name, node in spec.nodes.items()}
         self._check_built()
         self.request_model = request_schema.request_model(spec.name, spec.request)
         self.metrics = NodeMetrics(spec.name, score_sample_ratio)
-        self.shadows = shadow_log or ShadowLog()
+        self.shadows = shadow_log or ShadowLog(graph=spec.name)
         self.route_counts: Counter[tuple[str, str]] = Counter()
         self._background: set[asyncio.Task] = set()
         self._failed: dict[str, tuple[float, str]] = {}  # soft node -> (when, why) of its last failure, for cooldown_s
@@ -126,7 +129,7 @@ class GraphExecutor:
     async def run(self, body: Any) -> GraphAnswer:
         started = time.perf_counter()
         logged = self.payloads is not None and self.payloads.sampled()
-        run = _Run(state={})
+        run = _Run(state={}, logged=logged)
         try:
             run.state[REQUEST] = request_schema.parse(self.request_model, body)
             await self._step(self.spec.flow, run, "graph.flow")
@@ -221,26 +224,41 @@ class GraphExecutor:
         with step_span(self.spec.name, step.name, "shadow"):
             result = await self._step(step.primary, run, f"{path}.primary", shadowed)
             primary_ms = (time.perf_counter() - started) * 1000.0
-            if not shadowed:  # no shadows of shadows; the task copies the context: its spans hang under this step
-                self.shadows.started(step.name)
-                task = asyncio.get_running_loop().create_task(self._candidate(step, before, result, primary_ms, path))
+            # No shadows of shadows; a sampled share; at most max_in_flight at
+            # once (beyond it dropped and counted). The task copies the
+            # context: its spans hang under this step, its log record has the
+            # request's id.
+            if not shadowed and (step.sample_ratio >= 1.0 or self._draw() < step.sample_ratio) \
+                    and self.shadows.may_start(step.name, step.max_in_flight):
+                task = asyncio.get_running_loop().create_task(self._candidate(step, before, result, primary_ms, path, run.logged))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
         return result
 
-    async def _candidate(self, step: ShadowStep, state: dict[str, Any], primary: Any, primary_ms: float, path: str) -> None:
-        """Never raises: a failure is counted, a result is compared."""
+    async def _candidate(self, step: ShadowStep, state: dict[str, Any], primary: Any, primary_ms: float, path: str,
+                         logged: bool) -> None:
+        """Never raises: a failure (or a call past `timeout_s`) is counted, a result is compared."""
         shadow_run = _Run(state=state)
         started = time.perf_counter()
         try:
-            candidate = await self._step(step.candidate, shadow_run, f"{path}.candidate", shadowed=True)
+            call = self._step(step.candidate, shadow_run, f"{path}.candidate", shadowed=True)
+            candidate = await (asyncio.wait_for(call, step.timeout_s) if step.timeout_s else call)
         except Exception as error:
+            if isinstance(error, asyncio.TimeoutError):
+                error = BackendTimeout(f"shadow {step.name}", step.timeout_s)
             reason = error.message if isinstance(error, GraphError) else f"{type(error).__name__}: {error}"
             self.shadows.failed(step.name, reason)
             self.metrics.count_error(f"{step.name}:shadow", getattr(error, "code", "internal_error"))
+            if logged:
+                self.payloads.log({"step": step.name, "failed": reason}, SHADOW_EVENT_TYPE, step.name)
             return
+        finally:
+            self.shadows.finished(step.name)
         candidate_ms = (time.perf_counter() - started) * 1000.0
-        self.shadows.compared(compare(step.name, primary, candidate, primary_ms, candidate_ms))
+        record = compare(step.name, primary, candidate, primary_ms, candidate_ms, step.top_k)
+        self.shadows.compared(record)
+        if logged:
+            self.payloads.log({**record.as_dict(), "candidate": candidate}, SHADOW_EVENT_TYPE, step.name)
 
     async def _all(self, calls: list) -> list[Any]:
         tasks = [asyncio.ensure_future(call) for call in calls]

@@ -208,6 +208,12 @@ class ShadowStep(_Step):
     name: Name = Field(description="Slot holding the primary's result.")
     primary: "Step"
     candidate: "Step"
+    sample_ratio: float = Field(1.0, ge=0, le=1, description="Share of requests mirrored to the candidate.")
+    max_in_flight: int = Field(
+        16, ge=1, le=10_000, description="Mirrored calls under way at once per replica; beyond it a mirror is dropped "
+        "and counted, so a stalled candidate cannot pile up tasks.")
+    timeout_s: Optional[float] = Field(10.0, gt=0, le=600, description="Bound on one mirrored call (then counted as failed).")
+    top_k: int = Field(5, ge=1, le=1000, description="k of the top-k agreement between primary and candidate scores.")
     slot: ClassVar[bool] = True
 
     def children(self, path: str) -> list[tuple["Step", str]]:

@@ -22,6 +22,7 @@ from typing import Any, Optional
 from deployments.payloads.config import REDACTED
 
 EVENT_TYPE = "io.serve-graphs.inference"
+SHADOW_EVENT_TYPE = "io.serve-graphs.shadow"  # a shadow step's comparison, source graph/<graph>/<step>
 SPEC_VERSION = "1.0"
 
 
@@ -29,12 +30,14 @@ def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def event(graph: str, request_id: str, data: dict[str, Any], time: Optional[str] = None) -> dict[str, Any]:
+def event(graph: str, request_id: str, data: dict[str, Any], time: Optional[str] = None, type: str = EVENT_TYPE,
+          part: Optional[str] = None) -> dict[str, Any]:
+    """The event of one request (`part`: a step or node of the graph, in the source)."""
     return {
         "specversion": SPEC_VERSION,
         "id": request_id,
-        "source": f"graph/{graph}",
-        "type": EVENT_TYPE,
+        "source": f"graph/{graph}" + (f"/{part}" if part else ""),
+        "type": type,
         "time": time or now(),
         "datacontenttype": "application/json",
         "data": data,

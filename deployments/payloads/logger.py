@@ -21,7 +21,7 @@ from collections import Counter
 from typing import Any, Callable, Optional
 
 from deployments.payloads.config import PayloadLogConfig
-from deployments.payloads.events import encode, event, now, redact
+from deployments.payloads.events import EVENT_TYPE, encode, event, now, redact
 from deployments.payloads.sinks import Sink, open_sink
 
 logger = logging.getLogger("ray.serve.serve_graphs.payloads")
@@ -59,9 +59,11 @@ class PayloadLogger:
     def sampled(self) -> bool:
         return self.config.sample_ratio >= 1.0 or self._draw() < self.config.sample_ratio
 
-    def log(self, data: dict[str, Any]) -> None:
-        """Queue one request's record (`data`: references, encoded later)."""
-        record = event(self.graph, self.request_id(), data, now())
+    def log(self, data: dict[str, Any], type: str = EVENT_TYPE, part: Optional[str] = None) -> None:
+        """Queue one request's record (`data`: references, encoded later);
+        `type` and `part` for another kind of event of the same request (a
+        shadow step's comparison)."""
+        record = event(self.graph, self.request_id(), data, now(), type, part)
         try:
             self._queue.put_nowait(record)
         except queue.Full:
@@ -98,7 +100,7 @@ class PayloadLogger:
             self._done(len(batch))
 
     def _redacted(self, record: dict[str, Any]) -> dict[str, Any]:
-        if not self.config.redact:
+        if not self.config.redact or record["type"] != EVENT_TYPE:  # a comparison holds no request fields
             return record
         return {**record, "data": redact(record["data"], self.config.redact)}
 

@@ -143,6 +143,36 @@ def test_each_variant_has_its_requests_latency_and_score_distribution(graphs, ra
     assert seen["scores:1"] >= 10 * sent["champion"] and seen["scores:2"] >= 10 * sent["challenger"]
 
 
+def test_the_shadow_step_s_comparisons_are_on_rays_prometheus_endpoint(graphs, ray_cluster):
+    """The A/B graph mirrors every request to its ensemble: each comparison's
+    top-k agreement, score difference, rank distance and both latencies
+    appear per graph and step, and the mirrored calls by outcome."""
+    for user in range(40, 50):
+        httpx.post(graphs["ab"], json={"user_id": user, "item_ids": ITEMS, "k": 3}, timeout=10).raise_for_status()
+    labels = {"graph": "recommend_ab", "step": "ranker"}
+
+    def seen() -> dict[str, float]:
+        text = scrape(ray_cluster["metrics_url"])
+        return {name: metric_sum(text, name, **labels) for name in (
+            "ray_graph_shadow_topk_agreement_count", "ray_graph_shadow_score_diff_count",
+            "ray_graph_shadow_rank_distance_count")} | {
+            f"latency:{role}": metric_sum(text, "ray_graph_shadow_latency_ms_count", role=role, **labels)
+            for role in ("primary", "candidate")} | {
+            f"requests:{outcome}": metric_sum(text, "ray_graph_shadow_requests_total", outcome=outcome, **labels)
+            for outcome in ("mirrored", "compared")} | {
+            "agreement_sum": metric_sum(text, "ray_graph_shadow_topk_agreement_sum", **labels)}
+
+    deadline = time.monotonic() + 30
+    while (found := seen())["requests:compared"] < 10 and time.monotonic() < deadline:
+        time.sleep(1)
+    compared = found["requests:compared"]
+    assert compared >= 10 and found["requests:mirrored"] >= compared
+    for name in ("ray_graph_shadow_topk_agreement_count", "ray_graph_shadow_score_diff_count",
+                 "ray_graph_shadow_rank_distance_count", "latency:primary", "latency:candidate"):
+        assert found[name] >= 10, (name, found)  # one observation per comparison
+    assert 0 < found["agreement_sum"] <= compared  # an agreement in (0, 1] per comparison: the ensemble mostly agrees
+
+
 def test_one_request_is_one_trace_with_a_span_per_node_across_deployments(graphs, ray_cluster):
     """The caller's `traceparent` is followed: the ingress replica's span is its
     child, the graph's steps and nodes nest under it, the ranker, placed in

@@ -98,3 +98,79 @@ def test_the_candidate_s_outputs_stay_out_of_the_answer():
     answer = asyncio.run(go())
     assert answer.output == {"y": 6, "after": 3}
     assert set(answer.latency_ms) == {"primary", "after", "total"}
+
+
+def shadow_with(candidate: dict, **settings) -> dict:
+    args = shadow_graph(candidate)
+    args["graph"]["flow"]["steps"][0].update(settings)
+    return args
+
+
+def test_a_comparison_holds_the_top_k_agreement_score_differences_and_rank_correlation():
+    from deployments.graph.shadow import compare
+
+    primary = {"scores": [0.9, 0.8, 0.7, 0.6, 0.5, 0.1]}
+    candidate = {"scores": [0.8, 0.9, 0.7, 0.1, 0.5, 0.6]}  # items 0 and 1 swapped, 3 and 5 swapped
+    record = compare("ranked", primary, candidate, 1.0, 2.0, top_k=3)
+    assert record.topk_agreement == 1.0  # {0, 1, 2} in both top 3
+    assert compare("ranked", primary, candidate, 1.0, 2.0, top_k=4).topk_agreement == 0.75  # item 3 left the top 4
+    assert record.max_abs_diff == pytest.approx(0.5) and record.mean_abs_diff == pytest.approx(1.2 / 6)
+    assert record.rank_correlation == pytest.approx(1 - 6 * (1 + 1 + 0 + 4 + 0 + 4) / (6 * 35))  # Spearman's rho
+    assert (record.same_order, record.equal) == (False, False)
+    assert compare("ranked", {"scores": [1.0]}, {"scores": [0.5]}, 1, 1).rank_correlation is None  # undefined for one item
+
+
+def test_only_a_sampled_share_of_requests_is_mirrored():
+    executor = in_process(shadow_with(py("scores", n="request.x"), sample_ratio=0.5))
+    draws = iter([0.1, 0.9, 0.4, 0.6])
+    executor._draw = lambda: next(draws)
+
+    async def go():
+        for _ in range(4):
+            await executor.run({"x": 2})
+        await executor.drain()
+
+    asyncio.run(go())
+    counts = executor.shadows.counts["ranked"]
+    assert (counts.mirrored, counts.compared, counts.dropped) == (2, 2, 0)
+
+
+def test_a_stalled_candidate_cannot_pile_up_mirrored_calls():
+    stalled = py("sleep_then", value="request.x", seconds="request.delay")
+    executor = in_process(shadow_with(stalled, max_in_flight=3, timeout_s=0.5))
+
+    async def go():
+        answers = [await executor.run({"x": 2, "delay": 60.0}) for _ in range(10)]
+        in_flight = len(executor._background)
+        await executor.drain()  # the stalled calls end at their timeout, not after 60 s
+        return answers, in_flight
+
+    answers, in_flight = asyncio.run(go())
+    assert all(a.output["y"]["scores"] == [0.0, 0.1] for a in answers)
+    counts = executor.shadows.counts["ranked"]
+    assert in_flight == 3 and (counts.mirrored, counts.dropped) == (3, 7)
+    assert counts.failed == 3 and counts.last_error == "shadow ranked did not answer within 0.5 s"
+    assert executor.shadows.in_flight["ranked"] == 0  # freed: mirroring goes on after a stall
+
+
+def test_comparisons_of_logged_requests_go_to_the_payload_log(tmp_path):
+    import json
+
+    args = shadow_graph(py("scores", n="request.x", params={"offset": 0.5}))
+    args["payload_log"] = {"sink": {"kind": "file", "directory": str(tmp_path)}}
+    executor = in_process(args)
+    executor.payloads.request_id = lambda: "req-1"
+
+    async def go():
+        await executor.run({"x": 3})
+        await executor.drain()
+
+    asyncio.run(go())
+    assert executor.payloads.flush(5)
+    lines = [json.loads(line) for path in (tmp_path / "test").iterdir() for line in path.read_text().splitlines()]
+    by_type = {record["type"]: record for record in lines}
+    shadow = by_type["io.serve-graphs.shadow"]
+    assert (shadow["id"], shadow["source"]) == ("req-1", "graph/test/ranked")
+    assert shadow["data"]["topk_agreement"] == 1.0 and shadow["data"]["mean_abs_diff"] == pytest.approx(0.5)
+    assert shadow["data"]["candidate"]["model"]["name"] == "fake+0.5"
+    assert by_type["io.serve-graphs.inference"]["id"] == "req-1"

@@ -177,7 +177,7 @@ def test_committed_dashboard_is_well_formed():
     allow = load_allow_list(DASHBOARD.parent / ALLOW_LIST)
     report = check(board, None, allow)
     assert report.ok, report.problems
-    assert 20 <= len(report.uses) <= 40
+    assert 20 <= len(report.uses) <= 60
     families = {name.split("_")[0] for name in report.uses}
     assert families == {"ray", "nv"}  # Ray (Serve, graph nodes, vLLM) and Triton
     assert set(allow) <= set(report.uses)
@@ -204,8 +204,12 @@ with mock.patch.object(ray, "is_initialized", return_value=True), \\
         mock.patch.object(serve_metrics, "Counter", fake("counter")):
     from deployments.metrics import NodeMetrics
     from deployments.nodes.batching import _BatchMetrics
+    from deployments.graph.shadow import ShadowMetrics
+    from deployments.payloads.logger import _records_metric
     NodeMetrics("recommend")
     _BatchMetrics("ranker")
+    ShadowMetrics("recommend")
+    _records_metric()
 recorder = OpenTelemetryMetricRecorder(gauge_metric_ttl_seconds=60)
 for kind, name, bounds, tags in created:
     values = {tag: "x" for tag in tags}
@@ -220,7 +224,7 @@ sys.stdout.write(generate_latest(REGISTRY).decode())
 
 
 def test_node_metrics_through_rays_exporter_have_the_dashboards_names():
-    """deployments/metrics.py's and the batching nodes' metrics, exported by Ray 2.60's own
+    """deployments/metrics.py's, the batching nodes', the shadow steps' and the payload log's metrics, exported by Ray 2.60's own
     OpenTelemetry recorder (what the dashboard agent runs; no cluster needed),
     are the names and labels the dashboard queries."""
     result = subprocess.run([sys.executable, "-c", _EXPORT_NODE_METRICS], cwd=PROJECT_ROOT,
@@ -234,6 +238,10 @@ def test_node_metrics_through_rays_exporter_have_the_dashboards_names():
         "ray_graph_node_latency_ms_bucket", "ray_graph_node_latency_ms_count", "ray_graph_node_errors_total",
         "ray_graph_variant_requests_total", "ray_graph_variant_latency_ms_bucket", "ray_graph_model_scores_bucket",
         "ray_graph_node_batch_rows_bucket", "ray_graph_node_batch_wait_ms_bucket",
+        "ray_graph_payload_log_records_total", "ray_graph_shadow_requests_total",
+        "ray_graph_shadow_topk_agreement_sum", "ray_graph_shadow_topk_agreement_count",
+        "ray_graph_shadow_rank_distance_sum", "ray_graph_shadow_rank_distance_count",
+        "ray_graph_shadow_score_diff_bucket", "ray_graph_shadow_latency_ms_bucket",
     }
     assert ours <= set(exported.series)
     problems = [p for p in report.problems if "ray_graph_" in p]  # names and matched labels
