@@ -47,4 +47,10 @@ def build(args: GraphArgs) -> Any:
         for name, node in args.graph.nodes.items()
         if node.placement == "deployment"
     }
-    return GraphIngress.bind(args, nodes=apart, companions=companions)
+    monitor = None
+    if args.drift is not None:
+        from deployments.monitoring.serving import DriftMonitor
+
+        model = args.graph.nodes[args.drift.model_node].config
+        monitor = DriftMonitor.bind(args.graph.name, args.drift, model.registry_uri, model.model, model.alias)
+    return GraphIngress.bind(args, nodes=apart, companions=companions, monitor=monitor)

@@ -58,3 +58,23 @@ def download_version(registry_uri: str, name: str, version: str) -> Path:
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     source = client.get_model_version_download_uri(name, version)
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=uri))
+
+
+class MissingArtifact(LookupError):
+    pass
+
+
+def download_run_artifact(registry_uri: str, name: str, version: str, artifact_path: str) -> Path:
+    """Local copy of one artifact of the run that produced a registered
+    version (the training step's reference sample); MissingArtifact when the
+    run has no such artifact."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = resolve_registry_uri(registry_uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run_id = client.get_model_version(name, version).run_id
+    folder, _, _ = artifact_path.rpartition("/")
+    if not run_id or artifact_path not in {a.path for a in client.list_artifacts(run_id, folder or None)}:
+        raise MissingArtifact(f"{name} version {version} has no artifact {artifact_path} (run {run_id})")
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, tracking_uri=uri))

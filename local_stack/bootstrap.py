@@ -69,6 +69,9 @@ def ensure(paths: StackPaths = StackPaths(), force: bool = False) -> StackPaths:
     if not train.is_registered(paths):
         with step(f"train ranker, export ONNX, register in MLflow -> {paths.mlflow_db}"):
             train.train_and_register(paths)
+    if not train.references_logged(paths):
+        with step(f"the training features' sample as {train.REFERENCE_ARTIFACT} of each ranker version"):
+            print(f"    versions {', '.join(train.ensure_references(paths))}")
     if not (paths.triton_repo / train.MODEL_NAME / "config.pbtxt").exists():
         with step(f"export the registry to a Triton repository -> {paths.triton_repo}"):
             from deployments.triton_repository import Target, export_from_registry

@@ -32,6 +32,12 @@ class Recipe:
 
 RECIPES = (Recipe("champion", hidden=16, epochs=2, seed=1), Recipe("challenger", hidden=64, epochs=8, seed=2))
 
+# The training features a version was trained on, as an artifact of its run:
+# the reference distribution drift detection compares serving traffic with
+# (deployments/monitoring). A sample: enough for the tests' power, small to load.
+REFERENCE_ARTIFACT = "reference/features.parquet"
+REFERENCE_ROWS = 5000
+
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve by the rank-sum (Mann-Whitney U) identity."""
@@ -142,6 +148,7 @@ def train_and_register(paths: StackPaths) -> dict[str, str]:
                 registered_model_name=MODEL_NAME,
                 save_as_external_data=False,  # one self-contained model.onnx for Triton
             )
+            log_reference(frame[columns], onnx_path.read_bytes(), paths.root / "mlflow")
         version = str(info.registered_model_version)
         client.set_model_version_tag(MODEL_NAME, version, "input_features", json.dumps(columns))
         client.set_model_version_tag(MODEL_NAME, version, "feature_service", FEATURE_SERVICE)
@@ -150,6 +157,73 @@ def train_and_register(paths: StackPaths) -> dict[str, str]:
         aliases[recipe.alias] = version
         print(f"    registered {MODEL_NAME} version {version} as @{recipe.alias} (held-out AUC {held_out:.4f})", flush=True)
     return aliases
+
+
+def reference_sample(features: pd.DataFrame, onnx_model: bytes) -> pd.DataFrame:
+    """REFERENCE_ROWS rows of the training features (the same ones every
+    time) and the version's score of each (`score`: what prediction drift
+    compares with), from the ONNX model itself."""
+    import onnxruntime
+
+    sample = features.sample(n=min(REFERENCE_ROWS, len(features)), random_state=0).reset_index(drop=True)
+    session = onnxruntime.InferenceSession(onnx_model, providers=["CPUExecutionProvider"])
+    scores = session.run([OUTPUT_NAME], {INPUT_NAME: sample.to_numpy(np.float32)})[0].reshape(-1)
+    return sample.assign(score=scores.astype(np.float32))
+
+
+def log_reference(features: pd.DataFrame, onnx_model: bytes, scratch: Path, run_id: str | None = None) -> None:
+    """The reference sample as REFERENCE_ARTIFACT of the active run (or of `run_id`)."""
+    import mlflow
+
+    folder = scratch / "reference"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / Path(REFERENCE_ARTIFACT).name
+    reference_sample(features, onnx_model).to_parquet(path, index=False)
+    if run_id is None:
+        mlflow.log_artifact(str(path), artifact_path=str(Path(REFERENCE_ARTIFACT).parent))
+    else:
+        from mlflow import MlflowClient
+
+        MlflowClient().log_artifact(run_id, str(path), artifact_path=str(Path(REFERENCE_ARTIFACT).parent))
+
+
+def ensure_references(paths: StackPaths) -> list[str]:
+    """Log the reference sample into the runs of registered versions that
+    lack it (a stack trained before the artifact existed); the versions done."""
+    import mlflow
+    import mlflow.onnx
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(paths.mlflow_uri)
+    mlflow.set_registry_uri(paths.mlflow_uri)
+    client = MlflowClient(tracking_uri=paths.mlflow_uri, registry_uri=paths.mlflow_uri)
+    missing = [v for v in client.search_model_versions(f"name='{MODEL_NAME}'")
+               if v.run_id and not client.list_artifacts(v.run_id, str(Path(REFERENCE_ARTIFACT).parent))]
+    if missing:
+        frame, columns = training_frame(paths)
+        for version in missing:
+            model = mlflow.onnx.load_model(f"models:/{MODEL_NAME}/{version.version}")
+            log_reference(frame[columns], model.SerializeToString(), paths.root / "mlflow", run_id=version.run_id)
+    return [str(v.version) for v in missing]
+
+
+def references_logged(paths: StackPaths) -> bool:
+    """Whether every registered ranker version has its reference sample (a
+    marker file, so that a ready stack asks MLflow nothing)."""
+    return (paths.root / "mlflow" / "reference" / ".logged").exists() or _mark_if_logged(paths)
+
+
+def _mark_if_logged(paths: StackPaths) -> bool:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=paths.mlflow_uri, registry_uri=paths.mlflow_uri)
+    versions = client.search_model_versions(f"name='{MODEL_NAME}'")
+    if not versions or any(not client.list_artifacts(v.run_id, str(Path(REFERENCE_ARTIFACT).parent)) for v in versions):
+        return False
+    marker = paths.root / "mlflow" / "reference" / ".logged"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    return True
 
 
 def is_registered(paths: StackPaths) -> bool:

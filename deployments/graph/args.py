@@ -27,6 +27,7 @@ from deployments.field_paths import reasons
 from deployments.graph.spec import GraphSpec
 from deployments.graph.validate import GraphSpecError, Problem, validate
 from deployments.http.security import CALLER_SAMPLING_RATIO_DESCRIPTION, HttpSecurity
+from deployments.monitoring.config import DriftConfig
 from deployments.payloads import PayloadLogConfig
 
 IMPORT_PATH = "apps.graph:build"
@@ -58,12 +59,21 @@ class GraphArgs(BaseModel):
         "to a file, a Redis stream or an HTTP receiver, sampled, off the request path (deployments/payloads)."
     )
 
+    drift: Optional[DriftConfig] = Field(
+        None, description="Drift detection on the logged requests' features and scores against the model version's "
+        "training sample, in a deployment of its own (deployments/monitoring)."
+    )
+
     @model_validator(mode="after")
     def _whole_graph(self):
         problems = validate(self.graph)
         if self.payload_log is not None:
             problems += [Problem(f"payload_log.{path}", reason) for path, reason in self.payload_log.problems(
                 set(self.graph.request), set(self.graph.output), set(self.graph.nodes))]
+        if self.drift is not None:
+            logged = set(self.payload_log.nodes) if self.payload_log is not None else None
+            problems += [Problem(f"drift.{path}" if path else "drift", reason)
+                         for path, reason in self.drift.problems(self.graph.nodes, logged)]
         if problems:
             raise GraphSpecError(problems)
         return self

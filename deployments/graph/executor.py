@@ -93,6 +93,7 @@ class GraphExecutor:
                  score_sample_ratio: float = 1.0, payloads: PayloadLogger | None = None):
         self.spec = spec
         self.payloads = payloads
+        self.monitor = None  # the drift monitor's feed (deployments/monitoring/feed.py), under Serve
         self._draw = random.random
         self.nodes = {name: node_factory(name, node) for name, node in spec.nodes.items()}
         self._check_built()
@@ -160,6 +161,8 @@ class GraphExecutor:
             "nodes": {name: state[name] for name in self.payloads.config.nodes if name in state},
             "latency_ms": {**run.timings, "total": round((time.perf_counter() - started) * 1000.0, 3)},
         })
+        if self.monitor is not None and error is None:
+            self.monitor.observe(state)
 
     async def drain(self) -> None:
         """Wait for the shadow tasks in flight."""

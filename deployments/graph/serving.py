@@ -168,10 +168,12 @@ api.add_middleware(http_app.PrefixRoot)
 class GraphIngress:
     """Runs the graph: POST / with the graph's request; /healthz, /readyz, /graph."""
 
-    async def __init__(self, args: GraphArgs, nodes: Optional[dict[str, Any]] = None, companions: Optional[dict[str, Any]] = None):
+    async def __init__(self, args: GraphArgs, nodes: Optional[dict[str, Any]] = None, companions: Optional[dict[str, Any]] = None,
+                       monitor: Any = None):
         """`args` as the builder validated them; `nodes`: handles of the nodes
         placed apart; `companions`: handles of the deployments inline nodes
-        asked for (an embedded LLM's engine)."""
+        asked for (an embedded LLM's engine); `monitor`: the drift monitor's
+        handle (deployments/monitoring), which the logged requests feed."""
         self.args = args
         remote = {name: RemoteNode(name, handle, await handle.describe.remote()) for name, handle in (nodes or {}).items()}
         companions = companions or {}
@@ -181,6 +183,10 @@ class GraphIngress:
 
         self.executor = GraphExecutor(args.graph, node_factory=factory, score_sample_ratio=args.score_sample_ratio,
                                       payloads=replica_payload_log(args))
+        if monitor is not None:
+            from deployments.monitoring.feed import DriftFeed
+
+            self.executor.monitor = DriftFeed(args.drift, send=lambda rows: monitor.add.remote(rows))
         self.readiness = CachedReadiness(self._checks, period_s=args.readiness_period_s, name=f"graph {args.graph.name}")
         self._keys_on = args.http is not None and bool(args.http.api_keys)
         # The clock of unhealthy_after_s starts once the replica is built (the

@@ -1,0 +1,125 @@
+"""Drift detection (deployments/monitoring): Evidently's verdict on windows
+of serving rows against a reference sample, the rows the ingress replicas
+make of logged requests, and the settings refused at build time."""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from apps.graph import parse_args
+from deployments.graph.validate import GraphSpecError
+from deployments.monitoring.config import DriftConfig
+from deployments.monitoring.drift import DriftDetector
+from deployments.monitoring.feed import MAX_WAITING, DriftFeed, request_row
+from deployments.nodes.feature_lookup import FeatureFrame
+
+COLUMNS = [f"f{i}" for i in range(10)]
+
+
+def sample(rows: int, seed: int, shift: dict[str, float] | None = None) -> pd.DataFrame:
+    frame = pd.DataFrame(np.random.default_rng(seed).normal(size=(rows, len(COLUMNS))), columns=COLUMNS)
+    for column, by in (shift or {}).items():
+        frame[column] += by
+    return frame
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return DriftDetector(sample(5000, seed=0), drift_share=0.3, method="ks")
+
+
+def test_a_window_like_the_reference_does_not_drift(detector):
+    verdict = detector.check(sample(300, seed=1).to_dict("records"))
+    assert not verdict.drifted and verdict.share < 0.3 and verdict.rows == 300
+    assert set(verdict.columns) == set(COLUMNS)
+    assert all(c.method == "ks" and c.threshold == 0.05 and 0 <= c.score <= 1 for c in verdict.columns.values())
+
+
+def test_a_window_whose_columns_moved_drifts_and_names_them(detector):
+    moved = {"f0": 0.6, "f1": 0.6, "f2": -0.6, "f3": 0.6}
+    verdict = detector.check(sample(300, seed=2, shift=moved).to_dict("records"))
+    assert verdict.drifted and verdict.share >= 0.4
+    assert {name for name, c in verdict.columns.items() if c.drifted} >= set(moved)
+    assert all(verdict.columns[name].score < 0.05 for name in moved)  # K-S p-values
+
+
+def test_rows_missing_a_column_are_read_as_missing_values_not_a_crash(detector):
+    rows = sample(300, seed=3).to_dict("records")
+    for row in rows[:10]:
+        del row["f9"]
+    assert detector.check(rows).rows == 300
+
+
+def test_a_request_gives_one_row_an_item_s_features_and_its_score():
+    frame = FeatureFrame({"u__age": [0.3, 0.3, 0.3], "i__price": [0.1, 0.2, 0.9]}, {}, {})
+    row = request_row(frame, {"scores": [0.5, 0.6, 0.7], "model": {}}, draw=lambda n: 2)
+    assert row == {"u__age": 0.3, "i__price": 0.9, "score": 0.7}
+    assert request_row(None, {"scores": [0.5]}, draw=lambda n: 0) is None  # a request whose features failed
+    assert request_row(frame, None, draw=lambda n: 0) is None
+
+
+def test_the_feed_sends_rows_in_batches_and_counts_what_a_down_monitor_loses():
+    config = DriftConfig(features_node="features", model_node="ranker", send_every_s=60)
+    got, failing = [], [False]
+
+    async def send(rows):
+        if failing[0]:
+            raise ConnectionError("monitor restarting")
+        got.append(rows)
+
+    frame = FeatureFrame({"u__age": [0.3]}, {}, {})
+    state = {"features": frame, "ranker": {"scores": [0.5]}}
+
+    async def scenario():
+        feed = DriftFeed(config, send)
+        for _ in range(3):
+            feed.observe(state)
+        await feed.flush()
+        failing[0] = True
+        feed.observe(state)
+        await feed.flush()
+        feed.waiting = [{}] * MAX_WAITING
+        feed.observe(state)  # full: dropped
+        feed._task.cancel()
+        return feed
+
+    feed = asyncio.run(scenario())
+    assert got == [[{"u__age": 0.3, "score": 0.5}] * 3]
+    assert (feed.sent, feed.dropped) == (3, 2)
+
+
+def graph_with(drift: dict, payload_nodes=("features", "ranker")) -> dict:
+    nodes = {
+        "features": {"kind": "feature_lookup", "config": {"repo_path": "x", "feature_service": "ranking"},
+                     "inputs": {"user_id": "request.user_id"}},
+        "ranker": {"kind": "triton_model", "config": {"url": "127.0.0.1:1", "model": "ranker"}, "inputs": {"features": "features"}},
+        "ranking": {"kind": "aggregate", "config": {"op": "top_k"}, "inputs": {"items": "request.items", "scores": "ranker.scores", "k": "request.k"}},
+    }
+    args = {"graph": {"name": "g", "request": {"user_id": {"type": "int"}, "items": {"type": "list[int]"}, "k": {"type": "int"}},
+                      "nodes": nodes, "flow": {"kind": "sequence", "steps": [{"kind": "node", "node": n} for n in nodes]},
+                      "output": {"items": "ranking.items"}}}
+    if payload_nodes is not None:
+        args["payload_log"] = {"nodes": list(payload_nodes)}
+    args["drift"] = drift
+    return args
+
+
+@pytest.mark.parametrize(
+    "drift, payload_nodes, path, reason",
+    [
+        ({"features_node": "features", "model_node": "ranker"}, None, "drift", "needs payload_log"),
+        ({"features_node": "ranker", "model_node": "ranker"}, ("features", "ranker"), "drift.features_node", "not a feature_lookup node"),
+        ({"features_node": "features", "model_node": "ranking"}, ("features", "ranker"), "drift.model_node", "not a model node"),
+        ({"features_node": "features", "model_node": "ranker"}, ("ranker",), "drift.features_node", "not in payload_log.nodes"),
+        ({"features_node": "features", "model_node": "ranker", "window": 5}, ("features", "ranker"), "drift.window", "greater than or equal to 30"),
+        ({"features_node": "features", "model_node": "ranker", "drift_share": 0}, ("features", "ranker"), "drift.drift_share", "greater than 0"),
+    ],
+)
+def test_bad_drift_settings_are_refused_with_the_path_of_the_key(drift, payload_nodes, path, reason):
+    with pytest.raises(GraphSpecError) as raised:
+        parse_args(graph_with(drift, payload_nodes))
+    found = {problem.path: problem.message for problem in raised.value.problems}
+    assert path in found and reason in found[path], found
