@@ -4,7 +4,8 @@
         --metrics-url http://127.0.0.1:8080/metrics --metrics-url http://127.0.0.1:8102/metrics
     python -m observability.check DASHBOARD --metrics-file ray.txt --metrics-file triton.txt
 
-Every PromQL expression of the dashboard (panel targets, query variables) is
+Every PromQL expression of the dashboard (panel targets, query variables)
+and of a rules file given with `--rules` (observability/alerts.yml) is
 parsed; each metric it selects must be a series of the given scrapes (as
 stored: `x_bucket`, `x_total`, ...), and each label it matches on must be on
 that series (or be `job`/`instance`, which Prometheus adds). Without
@@ -29,10 +30,11 @@ from typing import Any, Optional
 import yaml
 
 from observability import exposition as expo
-from observability.dashboard import queries, structure_problems
+from observability.dashboard import queries, rule_queries, structure_problems
 from observability.promql import PromQLError, selectors
 
 ALLOW_LIST = "absent-ok.yml"
+ALERTS = Path(__file__).parent / "alerts.yml"  # the alerting rules that go with the dashboard
 # Labels Prometheus attaches to every series of a target at scrape time.
 TARGET_LABELS = frozenset({"job", "instance"})
 
@@ -61,12 +63,14 @@ def check(
     dashboard: dict[str, Any],
     scraped: Optional[expo.Exposition] = None,
     allow: Optional[dict[str, str]] = None,
+    rules: Optional[dict[str, Any]] = None,
 ) -> Report:
-    """Structure, PromQL syntax and, given a scrape, metric and label names."""
+    """Structure, PromQL syntax and, given a scrape, metric and label names,
+    of the dashboard and of a Prometheus rules file (alerts) with it."""
     allow = allow or {}
     report = Report(problems=structure_problems(dashboard))
     needed: dict[tuple[str, str], list[str]] = {}  # (metric, label) -> where
-    for query in queries(dashboard):
+    for query in queries(dashboard) + (rule_queries(rules) if rules else []):
         if not query.expr:
             continue
         try:
@@ -123,8 +127,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--metrics-url", action="append", default=[], help="a /metrics endpoint (repeatable)")
     parser.add_argument("--metrics-file", action="append", default=[], type=Path, help="saved exposition text (repeatable)")
     parser.add_argument("--allow-list", type=Path, help=f"default: {ALLOW_LIST} beside the dashboard, if there")
+    parser.add_argument("--rules", type=Path, help=f"a Prometheus rules file checked with it ({ALERTS.relative_to(ALERTS.parent.parent)})")
     args = parser.parse_args(argv)
     dashboard = json.loads(args.dashboard.read_text())
+    rules = yaml.safe_load(args.rules.read_text()) if args.rules and args.rules.exists() else None
     allow_path = args.allow_list or args.dashboard.parent / ALLOW_LIST
     allow = load_allow_list(allow_path) if allow_path.exists() else {}
     texts = [fetch(url) for url in args.metrics_url] + [path.read_text() for path in args.metrics_file]
@@ -132,7 +138,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for text in texts:
         parsed = expo.parse(text)
         scraped = parsed if scraped is None else scraped.merge(parsed)
-    report = check(dashboard, scraped, allow)
+    report = check(dashboard, scraped, allow, rules)
     print(render(report))
     if scraped is None:
         print("(no --metrics-url/--metrics-file: metric names were not checked)")

@@ -73,6 +73,12 @@ def queries(dashboard: dict[str, Any]) -> list[Query]:
     return found
 
 
+def rule_queries(rules: dict[str, Any]) -> list[Query]:
+    """The PromQL of every alerting and recording rule of a Prometheus rules file."""
+    return [Query(f"rule {rule.get('alert') or rule.get('record')} (group {group.get('name')})", str(rule.get("expr", "")))
+            for group in rules.get("groups", []) for rule in group.get("rules", [])]
+
+
 def _variable_names(text: str) -> set[str]:
     return {next(g for g in m.groups() if g) for m in _VARIABLE_USE.finditer(text)}
 

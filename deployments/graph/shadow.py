@@ -11,8 +11,9 @@ Spearman's rank correlation (scipy) and both latencies. They go to:
   {outcome}`, `ray_graph_shadow_topk_agreement`, `ray_graph_shadow_score_diff`,
   `ray_graph_shadow_rank_distance` (1 - the rank correlation: Ray's
   histograms take positive boundaries only) and
-  `ray_graph_shadow_latency_ms{role}` (histograms: a mean is `_sum / _count`),
-  per graph and step;
+  `ray_graph_shadow_latency_ms{role}` (histograms: Ray rebuilds their sums
+  from the buckets' midpoints, so use quantiles, or `_sum / _count` of the
+  agreement, whose buckets sit on a top-5's values), per graph and step;
 - the payload log, when the graph has one: an event per comparison with the
   request's id (deployments/payloads).
 """
@@ -25,7 +26,10 @@ from typing import Any, Optional
 
 from deployments.metrics import LATENCY_BOUNDARIES_MS
 
-AGREEMENT_BOUNDARIES = [0.1, 0.3, 0.5, 0.7, 0.9, 0.999]
+# Ray exports a histogram's sum rebuilt from its buckets' midpoints: these
+# put a midpoint on each value of a top-5 agreement (0.2, 0.4, ... 1.0), so
+# `_sum / _count` is the mean agreement (within 0.05 for other k).
+AGREEMENT_BOUNDARIES = [0.1, 0.3, 0.5, 0.7, 0.9, 1.1]
 DIFF_BOUNDARIES = [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
 DISTANCE_BOUNDARIES = [0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 1.5]  # 1 - rho: Ray takes positive boundaries only
 

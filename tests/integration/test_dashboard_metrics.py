@@ -1,4 +1,4 @@
-"""The committed Grafana dashboard queries only metrics that the running stack
+"""The committed Grafana dashboard (and its alerting rules) query only metrics that the running stack
 exports: after traffic through the recommend graph (a 404 included, for the
 error series) and the chat API, Ray's Prometheus endpoint and Triton's are
 scraped and the dashboard is checked against them (observability.check:
@@ -14,10 +14,11 @@ import time
 
 import httpx
 import pytest
+import yaml
 
 from deployments.paths import PROJECT_ROOT
 from observability import exposition
-from observability.check import ALLOW_LIST, check, load_allow_list, render
+from observability.check import ALERTS, ALLOW_LIST, check, load_allow_list, render
 from tests.servers import scrape
 
 pytestmark = pytest.mark.integration
@@ -41,13 +42,14 @@ def send_traffic(recommend_url: str, chat_url: str, model: str) -> None:
 
 def test_dashboard_queries_only_exported_metrics(recommend_url, chat_url, ray_cluster, triton):
     board = json.loads(DASHBOARD.read_text())
+    rules = yaml.safe_load(ALERTS.read_text())  # the alerting rules are checked with it
     allow = load_allow_list(DASHBOARD.parent / ALLOW_LIST)
     model = httpx.get(f"{chat_url}/models", timeout=10).json()["data"][0]["id"]
     deadline = time.monotonic() + DEADLINE_S
     while True:
         send_traffic(recommend_url, chat_url, model)
         scraped = exposition.parse(scrape(ray_cluster["metrics_url"])).merge(exposition.parse(scrape(triton.metrics_url)))
-        report = check(board, scraped, allow)
+        report = check(board, scraped, allow, rules)
         if report.ok or time.monotonic() > deadline:
             break
         time.sleep(3)

@@ -7,6 +7,7 @@ Ray's Prometheus endpoint too; the training mix again turns it off."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -20,22 +21,46 @@ WINDOW = 300
 REQUESTS = WINDOW + 30  # the whole window replaced by this mix
 
 
+class Monitor:
+    """Calls to the recommend app's DriftMonitor deployment. The session runs
+    Serve's throughput settings, whose handle routes on the loop it was made
+    in: one loop, in a thread of its own, for the module's calls."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="drift-monitor-calls", daemon=True)
+        self.thread.start()
+
+    def call(self, method: str) -> dict:
+        async def go() -> dict:
+            from ray import serve
+
+            handle = serve.get_deployment_handle("DriftMonitor", app_name="recommend")
+            return await getattr(handle, method).remote()
+
+        return asyncio.run_coroutine_threadsafe(go(), self.loop).result(timeout=60)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
 @pytest.fixture(scope="module")
 def monitor(recommend_url):
-    from ray import serve
+    calls = Monitor()
+    yield calls
+    calls.close()
 
-    return serve.get_deployment_handle("DriftMonitor", app_name="recommend")
 
-
-def window_of(mix: str, seed: int, url: str, data, monitor) -> dict:
+def window_of(mix: str, seed: int, url: str, data, monitor: Monitor) -> dict:
     """Send REQUESTS of the mix, wait until the monitor has their rows, check now."""
-    received = monitor.status.remote().result(timeout_s=30)["received"]
+    received = monitor.call("status")["received"]
     statuses = asyncio.run(traffic.send(url, traffic.bodies(mix, REQUESTS, data, seed)))
     assert statuses == {200: REQUESTS}, statuses
     deadline = time.monotonic() + 30  # the replicas send their rows every 2 s
-    while monitor.status.remote().result(timeout_s=30)["received"] < received + REQUESTS and time.monotonic() < deadline:
+    while monitor.call("status")["received"] < received + REQUESTS and time.monotonic() < deadline:
         time.sleep(0.5)
-    return monitor.check_now.remote().result(timeout_s=60)
+    return monitor.call("check_now")
 
 
 def flag(metrics_url: str) -> float:

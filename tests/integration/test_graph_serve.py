@@ -170,7 +170,8 @@ def test_the_shadow_step_s_comparisons_are_on_rays_prometheus_endpoint(graphs, r
     for name in ("ray_graph_shadow_topk_agreement_count", "ray_graph_shadow_score_diff_count",
                  "ray_graph_shadow_rank_distance_count", "latency:primary", "latency:candidate"):
         assert found[name] >= 10, (name, found)  # one observation per comparison
-    assert 0 < found["agreement_sum"] <= compared  # an agreement in (0, 1] per comparison: the ensemble mostly agrees
+    # an agreement in [0, 1] per comparison, and the ensemble of both versions mostly agrees with either
+    assert 0 < found["agreement_sum"] <= found["ray_graph_shadow_topk_agreement_count"]
 
 
 def test_one_request_is_one_trace_with_a_span_per_node_across_deployments(graphs, ray_cluster):

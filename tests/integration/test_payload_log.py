@@ -76,6 +76,7 @@ def redis_logged(serve_config, recommend_url, stack):
     app = copy.deepcopy(application(serve_config, "recommend"))
     app.update(name="recommend-redis", route_prefix="/payloads-redis")
     app.pop("deployments", None)
+    app["args"].pop("drift", None)  # one drift monitor (the session's app) is enough
     app["args"]["payload_log"] = {"sink": {"kind": "redis", "url": f"redis://127.0.0.1:{server.port}/0",
                                            "stream": "payloads:test", "maxlen": STREAM_MAXLEN, "exact_trim": True,
                                            "timeout_s": 0.5}}

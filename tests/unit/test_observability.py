@@ -14,7 +14,7 @@ import yaml
 
 from deployments.paths import PROJECT_ROOT
 from observability import exposition
-from observability.check import ALLOW_LIST, check, load_allow_list, main
+from observability.check import ALERTS, ALLOW_LIST, check, load_allow_list, main
 from observability.dashboard import DATASOURCE
 
 OBSERVABILITY = PROJECT_ROOT / "observability"
@@ -172,10 +172,10 @@ def test_cli_exit_status(tmp_path, capsys):
     assert "FAIL ray_graph_node_eror_total is not exported" in capsys.readouterr().out
 
 
-def test_committed_dashboard_is_well_formed():
+def test_committed_dashboard_and_alert_rules_are_well_formed():
     board = json.loads(DASHBOARD.read_text())
     allow = load_allow_list(DASHBOARD.parent / ALLOW_LIST)
-    report = check(board, None, allow)
+    report = check(board, None, allow, yaml.safe_load(ALERTS.read_text()))
     assert report.ok, report.problems
     assert 20 <= len(report.uses) <= 60
     families = {name.split("_")[0] for name in report.uses}
@@ -201,6 +201,7 @@ def fake(kind):
     return make
 with mock.patch.object(ray, "is_initialized", return_value=True), \\
         mock.patch.object(serve_metrics, "Histogram", fake("histogram")), \\
+        mock.patch.object(serve_metrics, "Gauge", fake("gauge")), \\
         mock.patch.object(serve_metrics, "Counter", fake("counter")):
     from deployments.metrics import NodeMetrics
     from deployments.nodes.batching import _BatchMetrics
@@ -208,13 +209,18 @@ with mock.patch.object(ray, "is_initialized", return_value=True), \\
     from deployments.payloads.logger import _records_metric
     NodeMetrics("recommend")
     _BatchMetrics("ranker")
+    from deployments.monitoring.serving import _Metrics as DriftMetrics
     ShadowMetrics("recommend")
     _records_metric()
+    DriftMetrics()
 recorder = OpenTelemetryMetricRecorder(gauge_metric_ttl_seconds=60)
 for kind, name, bounds, tags in created:
     values = {tag: "x" for tag in tags}
     if kind == "counter":
         recorder.register_counter_metric(name, "")
+        recorder.set_metric_value(name, values, 1.0)
+    elif kind == "gauge":
+        recorder.register_gauge_metric(name, "")
         recorder.set_metric_value(name, values, 1.0)
     else:
         recorder.register_histogram_metric(name, "", bounds)
@@ -240,8 +246,9 @@ def test_node_metrics_through_rays_exporter_have_the_dashboards_names():
         "ray_graph_node_batch_rows_bucket", "ray_graph_node_batch_wait_ms_bucket",
         "ray_graph_payload_log_records_total", "ray_graph_shadow_requests_total",
         "ray_graph_shadow_topk_agreement_sum", "ray_graph_shadow_topk_agreement_count",
-        "ray_graph_shadow_rank_distance_sum", "ray_graph_shadow_rank_distance_count",
+        "ray_graph_shadow_rank_distance_bucket",
         "ray_graph_shadow_score_diff_bucket", "ray_graph_shadow_latency_ms_bucket",
+        "ray_graph_drift_detected", "ray_graph_drift_share", "ray_graph_feature_drifted",
     }
     assert ours <= set(exported.series)
     problems = [p for p in report.problems if "ray_graph_" in p]  # names and matched labels
