@@ -130,7 +130,7 @@ def main() -> None:
         print(f"  payloads (every request, its answer, features and scores, as CloudEvents in .local/payloads/recommend):\n"
               f"    .venv/bin/python -m cli.payloads {args.config} -n 5        # --json for whole records")
         print(f"  drift (the latest 300 requests vs the ranker's training data): send a shifted user mix, then read the flag:\n"
-              f"    .venv/bin/python -m local_stack.traffic --url {base}/recommend --mix shifted --requests 400\n"
+              f"    .venv/bin/python -m local_stack.traffic --url {base}/recommend --mix shifted\n"
               f"    curl -s http://127.0.0.1:{args.metrics_port}/metrics | grep -E 'ray_graph_(drift_detected|feature_drifted)'")
         print(f"  metrics: http://127.0.0.1:{args.metrics_port}/metrics (ray_graph_node_latency_ms, ray_serve_*)")
         print(f"  Ray dashboard: http://127.0.0.1:{args.dashboard_port}; this cluster's token: {env['RAY_AUTH_TOKEN_PATH']}")

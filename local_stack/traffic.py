@@ -1,8 +1,8 @@
 """Demo traffic for the recommend graph, in the user mix the ranker was
 trained on or in a shifted one that the drift monitor notices.
 
-    .venv/bin/python -m local_stack.traffic --mix normal  --requests 400
-    .venv/bin/python -m local_stack.traffic --mix shifted --requests 400   # older users, fond of genre 0
+    .venv/bin/python -m local_stack.traffic --mix normal
+    .venv/bin/python -m local_stack.traffic --mix shifted      # older users, fond of genre 0
 
 `normal` draws users uniformly, as the training interactions did; `shifted`
 draws only from a segment of them (age over 0.55, taste for genre 0 over
@@ -73,7 +73,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:8000/recommend")
     parser.add_argument("--mix", choices=MIXES, default="normal")
-    parser.add_argument("--requests", type=int, default=400, help="how many (the drift window is 300)")
+    parser.add_argument("--requests", type=int, default=2000,
+                        help="how many (configs/local.yaml logs one in five, and its drift window is 300 logged requests)")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", type=Path, default=StackPaths().root, help="the local stack (its demo data)")

@@ -108,11 +108,14 @@ def serve_config(ray_cluster, triton):
     the tests assert what one replica does (its batches, its readiness
     checks, a key's rate limit per replica) and must not see a second one
     come and go with their own load; test_autoscaling scales a copy of the
-    graph, test_faults_under_load runs two ingress replicas under load."""
+    graph, test_faults_under_load runs two ingress replicas under load. It
+    logs every request (the shipped config one in five), so that the payload
+    and drift tests can follow each request they send."""
     config = local_config(http_port=free_port(), triton_grpc=triton.grpc_url, llm="tiny-llama")
     (recommend,) = [app for app in config["applications"] if app["name"] == "recommend"]
     recommend["deployments"][0].pop("autoscaling_config")
     recommend["deployments"][0]["num_replicas"] = 1
+    recommend["args"]["payload_log"]["sample_ratio"] = 1.0  # every request logged: the tests find each one by its id
     return config
 
 

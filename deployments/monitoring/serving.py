@@ -122,7 +122,15 @@ class DriftMonitor:
 
 
 class _Metrics:
+    """The verdict on Ray's Prometheus endpoint (no-ops outside Ray)."""
+
     def __init__(self):
+        import ray
+
+        self._version: Optional[tuple[str, str]] = None
+        self.enabled = ray.is_initialized()
+        if not self.enabled:
+            return
         from ray.serve import metrics
 
         self.detected = metrics.Gauge("graph_drift_detected", tag_keys=("graph", "model", "version"),
@@ -137,12 +145,14 @@ class _Metrics:
                                      description="1 while a column's distribution drifts, latest window.")
         self.checks = metrics.Counter("graph_drift_checks_total", tag_keys=("graph", "outcome"),
                                       description="Drift checks of a graph's traffic: ok, or failed (the detector raised).")
-        self._version: Optional[tuple[str, str]] = None
 
     def checked(self, graph: str, outcome: str) -> None:
-        self.checks.inc(tags={"graph": graph, "outcome": outcome})
+        if self.enabled:
+            self.checks.inc(tags={"graph": graph, "outcome": outcome})
 
     def verdict(self, graph: str, model: str, version: str, verdict: DriftVerdict) -> None:
+        if not self.enabled:
+            return
         if self._version is not None and self._version != (model, version):  # a moved alias: the old series reads 0
             self.detected.set(0, tags={"graph": graph, "model": self._version[0], "version": self._version[1]})
         self._version = (model, version)

@@ -123,3 +123,86 @@ def test_bad_drift_settings_are_refused_with_the_path_of_the_key(drift, payload_
         parse_args(graph_with(drift, payload_nodes))
     found = {problem.path: problem.message for problem in raised.value.problems}
     assert path in found and reason in found[path], found
+
+
+# -- the monitor deployment's class, outside Serve ----------------------------
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """A private MLflow registry: `scorer` v1 (@champion) whose run holds a
+    reference sample, v2 (@bare) whose run does not."""
+    import json
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.create_experiment("scorer", artifact_location=(root / "artifacts").as_uri())
+    client.create_registered_model("scorer")
+    reference = root / "features.parquet"
+    sample(2000, seed=0).assign(score=0.5).to_parquet(reference)
+    for alias, with_reference in (("champion", True), ("bare", False)):
+        run = client.create_run(experiment)
+        if with_reference:
+            client.log_artifact(run.info.run_id, str(reference), "reference")
+        version = client.create_model_version("scorer", f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+        client.set_model_version_tag("scorer", version.version, "input_features", json.dumps(COLUMNS))
+        client.set_registered_model_alias("scorer", alias, version.version)
+    mlflow.set_tracking_uri("")
+    return uri
+
+
+async def built_monitor(uri: str, alias: str, **settings):
+    """The DriftMonitor class as Serve builds it (its __init__ is async)."""
+    from deployments.monitoring.serving import DriftMonitor
+
+    cls = DriftMonitor.func_or_class
+    monitor = cls.__new__(cls)
+    config = DriftConfig(features_node="features", model_node="ranker", window=30, check_every_s=3600, **settings)
+    await monitor.__init__("g", config, uri, "scorer", alias)
+    return monitor
+
+
+def test_the_monitor_checks_a_full_window_against_the_alias_s_reference(registry):
+    async def scenario():
+        monitor = await built_monitor(registry, "champion", method="ks", drift_share=0.3)
+        try:
+            await monitor.add(sample(20, seed=4).assign(score=0.5).to_dict("records"))
+            partial = await monitor.check_now()  # 20 of 30 rows: no verdict yet
+            await monitor.add(sample(20, seed=5, shift={c: 2.0 for c in COLUMNS}).assign(score=0.5).to_dict("records"))
+            return partial, await monitor.check_now()
+        finally:
+            monitor._loop_task.cancel()
+
+    partial, full = asyncio.run(scenario())
+    assert partial["verdict"] is None and partial["window"] == 20
+    assert (full["version"], full["window"], full["received"], full["checks"]) == ("1", 30, 40, {"ok": 1})
+    assert full["verdict"]["drifted"] is True and full["verdict"]["rows"] == 30
+
+
+def test_a_detector_that_raises_is_counted_and_the_monitor_keeps_receiving(registry):
+    async def scenario():
+        monitor = await built_monitor(registry, "champion")
+        try:
+            def broken(rows):
+                raise FloatingPointError("the detector broke")
+
+            monitor.detector.check = broken
+            await monitor.add(sample(30, seed=6).to_dict("records"))
+            status = await monitor.check_now()
+            return status, await monitor.add(sample(5, seed=7).to_dict("records"))
+        finally:
+            monitor._loop_task.cancel()
+
+    status, window = asyncio.run(scenario())
+    assert status["checks"] == {"failed": 1} and status["verdict"] is None
+    assert status["last_error"] == "FloatingPointError: the detector broke"
+    assert window == 30  # still taking rows (the latest 30)
+
+
+def test_a_version_without_its_reference_sample_is_refused_with_the_path_of_the_key(registry):
+    with pytest.raises(ValueError, match=r"^drift.reference_artifact: scorer version 2 has no artifact reference/features.parquet"):
+        asyncio.run(built_monitor(registry, "bare"))
