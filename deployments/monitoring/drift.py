@@ -21,6 +21,11 @@ import pandas as pd
 
 os.environ.setdefault("DO_NOT_TRACK", "1")  # Evidently's usage telemetry (iterative-telemetry): off
 
+# Imported with the module (the monitor's replica start), not at its first
+# check: the import takes seconds of CPU, which a check under load should not add.
+from evidently import DataDefinition, Dataset, Report  # noqa: E402
+from evidently.presets import DataDriftPreset  # noqa: E402
+
 
 @dataclass
 class ColumnDrift:
@@ -52,9 +57,6 @@ class DriftDetector:
         self.method = method  # None: Evidently picks per column (by type and size)
 
     def check(self, rows: list[dict[str, float]]) -> DriftVerdict:
-        from evidently import DataDefinition, Dataset, Report
-        from evidently.presets import DataDriftPreset
-
         current = pd.DataFrame(rows).reindex(columns=self.columns).astype("float64")
         definition = DataDefinition(numerical_columns=self.columns)
         options = {"method": self.method} if self.method else {}
