@@ -16,7 +16,12 @@ Semantics:
 - fanout: branches concurrently (one hard failure cancels the others), then merge;
 - shadow: the primary answers; once it has, the candidate runs on the same
   inputs in a background task, its result only compared (ShadowLog), its
-  failures only counted. `drain()` waits for those tasks (tests, shutdown).
+  failures only counted; a sampled share, at most `max_in_flight` at once,
+  each bounded by its `timeout_s`. `drain()` waits for those tasks (tests, shutdown).
+- payload log (`payloads`, deployments/payloads): a sampled request's record
+  (request, answer or error, model versions, routes, chosen node outputs) is
+  queued when it ends, and a shadow's comparison when that ends; the drift
+  feed (`monitor`, deployments/monitoring) takes a row of each logged request.
 
 `spec` is a validated GraphSpec (deployments/graph/args.py validates it
 once, where the config is read); what only built nodes know (a feature
