@@ -6,6 +6,7 @@ from deployments.nodes.aggregate import AggregateNode
 from deployments.nodes.base import Node, NodeSpec
 from deployments.nodes.feature_lookup import FeatureLookupNode
 from deployments.nodes.llm import LLMNode
+from deployments.nodes.outlier import OutlierNode
 from deployments.nodes.python import PythonNode
 from deployments.nodes.torch_model import TorchModelNode
 from deployments.nodes.triton_model import TritonModelNode
@@ -16,10 +17,11 @@ KINDS: tuple[type[NodeSpec], ...] = (
     TorchModelNode,
     LLMNode,
     AggregateNode,
+    OutlierNode,
     PythonNode,
 )
 
 __all__ = [
     "KINDS", "Node", "NodeSpec",
-    "AggregateNode", "FeatureLookupNode", "LLMNode", "PythonNode", "TorchModelNode", "TritonModelNode",
+    "AggregateNode", "FeatureLookupNode", "LLMNode", "OutlierNode", "PythonNode", "TorchModelNode", "TritonModelNode",
 ]
