@@ -15,6 +15,7 @@ from deployments.monitoring.config import DriftConfig
 from deployments.monitoring.drift import DriftDetector
 from deployments.monitoring.feed import MAX_WAITING, DriftFeed, request_row
 from deployments.nodes.feature_lookup import FeatureFrame
+from tests.reference_registry import registry_with_reference
 
 COLUMNS = [f"f{i}" for i in range(10)]
 
@@ -130,29 +131,8 @@ def test_bad_drift_settings_are_refused_with_the_path_of_the_key(drift, payload_
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    """A private MLflow registry: `scorer` v1 (@champion) whose run holds a
-    reference sample, v2 (@bare) whose run does not."""
-    import json
-
-    import mlflow
-    from mlflow import MlflowClient
-
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root}/mlflow.db"
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    experiment = client.create_experiment("scorer", artifact_location=(root / "artifacts").as_uri())
-    client.create_registered_model("scorer")
-    reference = root / "features.parquet"
-    sample(2000, seed=0).assign(score=0.5).to_parquet(reference)
-    for alias, with_reference in (("champion", True), ("bare", False)):
-        run = client.create_run(experiment)
-        if with_reference:
-            client.log_artifact(run.info.run_id, str(reference), "reference")
-        version = client.create_model_version("scorer", f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
-        client.set_model_version_tag("scorer", version.version, "input_features", json.dumps(COLUMNS))
-        client.set_registered_model_alias("scorer", alias, version.version)
-    mlflow.set_tracking_uri("")
-    return uri
+    """`scorer` v1 (@champion) with a reference sample of COLUMNS, v2 (@bare) without (tests/reference_registry.py)."""
+    return registry_with_reference(tmp_path_factory.mktemp("mlflow"), sample(2000, seed=0).assign(score=0.5), COLUMNS)
 
 
 async def built_monitor(uri: str, alias: str, **settings):

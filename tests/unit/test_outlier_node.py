@@ -5,8 +5,6 @@ request. The registry here is a private SQLite one."""
 from __future__ import annotations
 
 import asyncio
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,33 +13,16 @@ from apps.graph import in_process
 from deployments.nodes.feature_lookup import FeatureFrame
 from deployments.nodes.outlier import OutlierConfig, OutlierDetector
 from tests.graph_callables import graph_args, py, sequence
+from tests.reference_registry import registry_with_reference
 
 COLUMNS = ["u__age", "i__price", "i__popularity"]
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    """`scorer` v1 (@champion), whose run holds a reference sample; v2 (@bare) without one."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root}/mlflow.db"
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    experiment = client.create_experiment("scorer", artifact_location=(root / "artifacts").as_uri())
-    client.create_registered_model("scorer")
-    reference = root / "features.parquet"
-    rng = np.random.default_rng(0)
-    pd.DataFrame(rng.uniform(0, 1, size=(2000, 3)), columns=COLUMNS).assign(score=0.5).to_parquet(reference)
-    for alias, with_reference in (("champion", True), ("bare", False)):
-        run = client.create_run(experiment)
-        if with_reference:
-            client.log_artifact(run.info.run_id, str(reference), "reference")
-        version = client.create_model_version("scorer", f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
-        client.set_model_version_tag("scorer", version.version, "input_features", json.dumps(COLUMNS))
-        client.set_registered_model_alias("scorer", alias, version.version)
-    mlflow.set_tracking_uri("")
-    return uri
+    """`scorer` v1 (@champion) with a uniform reference sample, v2 (@bare) without (tests/reference_registry.py)."""
+    reference = pd.DataFrame(np.random.default_rng(0).uniform(0, 1, size=(2000, 3)), columns=COLUMNS).assign(score=0.5)
+    return registry_with_reference(tmp_path_factory.mktemp("mlflow"), reference, COLUMNS)
 
 
 def frame(rows: np.ndarray) -> FeatureFrame:
