@@ -39,6 +39,7 @@ SUMMARIES: dict = {}
 def faults_app(serve_config: dict) -> dict:
     app = explanations_off(copy.deepcopy(serve_config["applications"][0]))
     app["name"], app["route_prefix"] = APP, f"/{APP}"
+    app["args"].pop("drift", None)  # its own deployments only: the drift monitor is the session app's
     small = {"num_cpus": 0.1}
     for node in ("features", "ranker"):
         app["args"]["graph"]["nodes"][node].update(placement="deployment", num_replicas=2, ray_actor_options=small)
@@ -264,6 +265,7 @@ def test_the_feast_online_store_unavailable_then_back(serve_config, recommend_ur
         config = copy.deepcopy(serve_config)
         app = explanations_off(copy.deepcopy(serve_config["applications"][0]))
         app["name"], app["route_prefix"] = "faults-redis", "/faults-redis"
+        app["args"].pop("drift", None)
         app["args"]["graph"]["nodes"]["features"]["config"]["repo_path"] = "configs/feast/cluster"
         app["runtime_env"] = {"env_vars": env}
         app["deployments"] = [{"name": "GraphIngress", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}}]

@@ -33,6 +33,7 @@ def recommend_app(triton, chat_url: str, name: str, route_prefix: str) -> dict:
     app = graph_app("configs/local.yaml", triton, chat_url, "tiny-llama", name="recommend")
     app.update(name=name, route_prefix=route_prefix)
     app.pop("deployments", None)
+    app["args"].pop("drift", None)  # one drift monitor, the session app's
     return app
 
 
