@@ -30,6 +30,7 @@ def with_gpu_graph(serve_config: dict, max_ongoing_requests: int = 64) -> dict:
     config = copy.deepcopy(serve_config)
     gpu = copy.deepcopy(config["applications"][0])
     gpu["name"], gpu["route_prefix"] = "recommend-gpu", "/recommend-gpu"
+    gpu["args"].pop("drift", None)  # only the graph ingress, which asks for the GPU: no drift monitor of its own
     gpu["deployments"][0].update(
         max_ongoing_requests=max_ongoing_requests,
         ray_actor_options={"num_cpus": 1, "num_gpus": 1, "accelerator_type": "L4"},
