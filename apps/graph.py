@@ -13,7 +13,10 @@ application `args` (docs/graphs.md).
 ray_actor_options / max_ongoing_requests), and the companion deployments
 node kinds ask for (an embedded LLM node's engine). `in_process(args)` is
 the same graph as a plain async object, with no Ray: a notebook prototype,
-tests. `load(path)` reads and validates the args from a config file.
+tests. `load(path)` reads and validates the args from a config file. A
+split with a `rollout:` gets the app's RolloutController deployment
+(deployments/rollouts/serving.py); in process, the same loop runs on the
+caller's event loop.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from typing import Any
 
 from deployments.graph.args import GraphArgs, args_from_config, load, parse_args
 from deployments.graph.executor import GraphExecutor
+from deployments.graph.rollout_plans import plans
 from deployments.payloads import PayloadLogger
 
 __all__ = ["GraphArgs", "args_from_config", "build", "in_process", "load", "parse_args"]
@@ -31,7 +35,21 @@ def in_process(args: GraphArgs | dict[str, Any]) -> GraphExecutor:
     (with its payload log, if the args ask for one: `executor.payloads`)."""
     args = parse_args(args)
     payloads = PayloadLogger(args.graph.name, args.payload_log) if args.payload_log is not None else None
-    return GraphExecutor(args.graph, payloads=payloads)
+    executor = GraphExecutor(args.graph, payloads=payloads)
+    rollout_plans = plans(args.graph)
+    if rollout_plans:  # the controller's loop on this process's event loop, started by the first request
+        from deployments.rollouts.controller import Rollouts
+        from deployments.rollouts.feed import RolloutFeed, initial_weights
+
+        controller = Rollouts(rollout_plans)
+
+        async def report(counts: dict) -> dict:
+            controller.start()
+            return controller.report(counts)
+
+        executor.rollouts = RolloutFeed(rollout_plans, initial_weights(rollout_plans), send=report)
+        executor.rollout_controller = controller
+    return executor
 
 
 def build(args: GraphArgs) -> Any:
@@ -53,4 +71,10 @@ def build(args: GraphArgs) -> Any:
 
         model = args.graph.nodes[args.drift.model_node].config
         monitor = DriftMonitor.bind(args.graph.name, args.drift, model.registry_uri, model.model, model.alias)
-    return GraphIngress.bind(args, nodes=apart, companions=companions, monitor=monitor)
+    controller = None
+    rollout_plans = plans(args.graph)
+    if rollout_plans:
+        from deployments.rollouts.serving import RolloutController
+
+        controller = RolloutController.bind(args.graph.name, rollout_plans, monitor)
+    return GraphIngress.bind(args, nodes=apart, companions=companions, monitor=monitor, rollouts=controller)

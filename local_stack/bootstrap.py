@@ -72,6 +72,9 @@ def ensure(paths: StackPaths = StackPaths(), force: bool = False) -> StackPaths:
     if not train.references_logged(paths):
         with step(f"the training features' sample as {train.REFERENCE_ARTIFACT} of each ranker version"):
             print(f"    versions {', '.join(train.ensure_references(paths))}")
+    if not train.canary_aliases_set(paths):
+        with step("the canary app's aliases (configs/local.yaml rolls ranker@canary out against ranker@stable)"):
+            print("    " + ", ".join(f"@{alias} -> version {version}" for alias, version in train.ensure_canary_aliases(paths).items()))
     if not (paths.triton_repo / train.MODEL_NAME / "config.pbtxt").exists():
         with step(f"export the registry to a Triton repository -> {paths.triton_repo}"):
             from deployments.triton_repository import Target, export_from_registry

@@ -3,6 +3,7 @@ trained on or in a shifted one that the drift monitor notices.
 
     .venv/bin/python -m local_stack.traffic --mix normal
     .venv/bin/python -m local_stack.traffic --mix shifted      # older users, fond of genre 0
+    .venv/bin/python -m local_stack.traffic --url http://127.0.0.1:8000/canary --requests 6000 --rate 40
 
 `normal` draws users uniformly, as the training interactions did; `shifted`
 draws only from a segment of them (age over 0.55, taste for genre 0 over
@@ -47,16 +48,25 @@ def bodies(mix: str, count: int, data: Path, seed: int = 0) -> list[dict]:
     return found
 
 
-async def send(url: str, requests: list[dict], concurrency: int = 4, timeout_s: float = 30) -> collections.Counter:
-    """POST each body, `concurrency` at a time; the answers' statuses counted."""
+async def send(url: str, requests: list[dict], concurrency: int = 4, timeout_s: float = 30,
+               rate: float | None = None) -> collections.Counter:
+    """POST each body, `concurrency` at a time (at most `rate` a second when
+    given); the answers' statuses counted."""
     import aiohttp
 
     statuses: collections.Counter = collections.Counter()
     queue = collections.deque(requests)
+    loop = asyncio.get_running_loop()
+    next_at = loop.time()
 
     async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal next_at
         while queue:
             body = queue.popleft()
+            if rate:
+                wait, next_at = next_at - loop.time(), max(next_at, loop.time()) + 1.0 / rate
+                if wait > 0:
+                    await asyncio.sleep(wait)
             try:
                 async with session.post(url, json=body) as response:
                     await response.read()
@@ -76,10 +86,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000,
                         help="how many (configs/local.yaml logs one in five, and its drift window is 300 logged requests)")
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--rate", type=float, help="requests per second at most (default: as fast as answered)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", type=Path, default=StackPaths().root, help="the local stack (its demo data)")
     args = parser.parse_args()
-    statuses = asyncio.run(send(args.url, bodies(args.mix, args.requests, StackPaths(args.root).data, args.seed), args.concurrency))
+    statuses = asyncio.run(send(args.url, bodies(args.mix, args.requests, StackPaths(args.root).data, args.seed), args.concurrency,
+                                rate=args.rate))
     print(f"{args.requests} requests of the {args.mix} mix to {args.url}: " + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items(), key=str)))
 
 

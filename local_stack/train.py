@@ -238,3 +238,32 @@ def is_registered(paths: StackPaths) -> bool:
     except MlflowException:
         return False
     return all(r.alias in model.aliases for r in RECIPES)
+
+
+# The demo's canary app (configs/local.yaml) rolls ranker@canary out against
+# ranker@stable: aliases of its own, first on the versions of the two
+# recipes, so that its promotion (it moves @stable) leaves the recommend
+# app's @champion, the benchmarks and the tests where they are.
+CANARY_ALIASES = {"stable": RECIPES[0].alias, "canary": RECIPES[1].alias}
+
+
+def canary_aliases_set(paths: StackPaths) -> bool:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=paths.mlflow_uri, registry_uri=paths.mlflow_uri)
+    return all(alias in client.get_registered_model(MODEL_NAME).aliases for alias in CANARY_ALIASES)
+
+
+def ensure_canary_aliases(paths: StackPaths) -> dict[str, str]:
+    """Set the canary app's aliases that are missing (never moves one that exists)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=paths.mlflow_uri, registry_uri=paths.mlflow_uri)
+    existing = client.get_registered_model(MODEL_NAME).aliases
+    set_now = {}
+    for alias, recipe_alias in CANARY_ALIASES.items():
+        if alias not in existing:
+            version = str(client.get_model_version_by_alias(MODEL_NAME, recipe_alias).version)
+            client.set_registered_model_alias(MODEL_NAME, alias, version)
+            set_now[alias] = version
+    return set_now

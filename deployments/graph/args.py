@@ -24,7 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from deployments.field_paths import reasons
-from deployments.graph.spec import GraphSpec
+from deployments.graph.spec import GraphSpec, walk
 from deployments.graph.validate import GraphSpecError, Problem, validate
 from deployments.http.security import CALLER_SAMPLING_RATIO_DESCRIPTION, HttpSecurity
 from deployments.monitoring.config import DriftConfig
@@ -74,6 +74,10 @@ class GraphArgs(BaseModel):
             logged = set(self.payload_log.nodes) if self.payload_log is not None else None
             problems += [Problem(f"drift.{path}" if path else "drift", reason)
                          for path, reason in self.drift.problems(self.graph.nodes, logged)]
+        for step, path in walk(self.graph.flow):
+            for index, guard in enumerate(getattr(step, "rollout", None) and step.rollout.guards or []):
+                if guard.metric == "drift" and self.drift is None:
+                    problems.append(Problem(f"{path}.rollout.guards[{index}]", "a drift guard needs the app's drift: (its monitor's flag)"))
         if problems:
             raise GraphSpecError(problems)
         return self
@@ -92,13 +96,14 @@ def parse_args(args: Any) -> GraphArgs:
 
 def args_from_config(config: dict[str, Any], app: Optional[str] = None) -> dict[str, Any]:
     """The graph app's `args` from a full Serve config (the app named `app`, or
-    the only one built by apps.graph:build), or the args themselves."""
+    the first one built by apps.graph:build: configs/local.yaml's recommend),
+    or the args themselves."""
     if "applications" not in config:
         return config
     apps = [a for a in config["applications"] if (a.get("name") == app if app else a.get("import_path") == IMPORT_PATH)]
-    if len(apps) != 1:
+    if not apps:
         names = [a.get("name") for a in config["applications"]]
-        raise ValueError(f"expected one graph application {('named ' + app) if app else 'built by ' + IMPORT_PATH}, found {len(apps)} in {names}")
+        raise ValueError(f"no graph application {('named ' + app) if app else 'built by ' + IMPORT_PATH} in {names}")
     return apps[0].get("args") or {}
 
 

@@ -101,7 +101,9 @@ def _split(spec: GraphSpec, step: Any, drawing: Layout, entries: list[Entry]) ->
     _connect(drawing, entries, decision)
     exits = []
     for variant in step.variants:
-        exits += _draw(spec, variant.then, drawing, [(decision, f"{variant.name} {variant.weight:.0%}", False)])
+        share = f"{variant.weight:.0%}" if variant.weight is not None else \
+            ("rolled out" if variant.name == step.rollout.challenger else "champion")
+        exits += _draw(spec, variant.then, drawing, [(decision, f"{variant.name} {share}", False)])
     return _join(drawing, exits)
 
 

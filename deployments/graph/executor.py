@@ -13,6 +13,8 @@ Semantics:
   for that long, so a dead LLM does not cost every request its timeout;
 - switch: the first case that holds, else the default; split: a stable hash of
   the sticky key picks the variant (`routes` names it, `route_counts` counts it);
+  a split with a `rollout` takes its weights from `rollouts` (deployments/rollouts),
+  and reports each variant's outcome and latency to it;
 - fanout: branches concurrently (one hard failure cancels the others), then merge;
 - shadow: the primary answers; once it has, the candidate runs on the same
   inputs in a background task, its result only compared (ShadowLog), its
@@ -99,6 +101,7 @@ class GraphExecutor:
         self.spec = spec
         self.payloads = payloads
         self.monitor = None  # the drift monitor's feed (deployments/monitoring/feed.py), under Serve
+        self.rollouts = None  # the splits' rollout weights and reports (deployments/rollouts/feed.py)
         self._draw = random.random
         self.nodes = {name: node_factory(name, node) for name, node in spec.nodes.items()}
         self._check_built()
@@ -214,7 +217,14 @@ class GraphExecutor:
 
     async def _split(self, step: SplitStep, run: _Run, path: str, shadowed: bool) -> Any:
         key = self._resolve(step.sticky_key, f"{path}.sticky_key", run.state) if step.sticky_key else None
-        index = choose([v.weight for v in step.variants], step.salt or step.name, key)
+        rolled = step.rollout is not None and self.rollouts is not None
+        if rolled:
+            weights = self.rollouts.weights(step.name)
+        elif step.rollout is not None:  # no controller to say otherwise: the champion only
+            weights = [0.0 if v.name == step.rollout.challenger else 1.0 for v in step.variants]
+        else:
+            weights = [v.weight for v in step.variants]
+        index = choose(weights, step.salt or step.name, key)
         variant = step.variants[index]
         run.routes[step.name] = variant.name
         with step_span(self.spec.name, step.name, "split") as span:
@@ -223,8 +233,17 @@ class GraphExecutor:
             if shadowed:
                 return await then
             self.route_counts[(step.name, variant.name)] += 1
-            with self.metrics.variant(step.name, variant.name):
-                return await then
+            started = time.perf_counter()
+            try:
+                with self.metrics.variant(step.name, variant.name):
+                    result = await then
+            except Exception:
+                if rolled:  # what the rollout's guards judge: the variant's failures and latencies
+                    self.rollouts.record(step.name, variant.name, False, (time.perf_counter() - started) * 1000.0)
+                raise
+            if rolled:
+                self.rollouts.record(step.name, variant.name, True, (time.perf_counter() - started) * 1000.0)
+            return result
 
     async def _shadow(self, step: ShadowStep, run: _Run, path: str, shadowed: bool) -> Any:
         before = dict(run.state)
@@ -265,6 +284,8 @@ class GraphExecutor:
         candidate_ms = (time.perf_counter() - started) * 1000.0
         record = compare(step.name, primary, candidate, primary_ms, candidate_ms, step.top_k)
         self.shadows.compared(record)
+        if self.rollouts is not None:
+            self.rollouts.agreement(step.name, record.topk_agreement)
         if logged:
             self.payloads.log({**record.as_dict(), "candidate": candidate}, SHADOW_EVENT_TYPE, step.name)
 

@@ -15,6 +15,7 @@ to check again), so what runs is exactly what was checked.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any, Optional
@@ -163,17 +164,27 @@ api = http_app.install(FastAPI(title="graph", description="A declarative graph (
 api.add_middleware(http_app.PrefixRoot)
 
 
-@serve.deployment(max_ongoing_requests=64, health_check_period_s=5, health_check_timeout_s=10)
+# A quarter of a core reserved per ingress replica: its event loop mostly
+# waits on the backends, and a 2-core laptop's Ray head (2 logical CPUs)
+# then holds the demo's graphs, its LLM and a graph of the user's own.
+# Clusters size it in their config (configs/cluster.yaml: 1).
+INGRESS_NUM_CPUS = 0.25
+
+
+@serve.deployment(max_ongoing_requests=64, health_check_period_s=5, health_check_timeout_s=10,
+                  ray_actor_options={"num_cpus": INGRESS_NUM_CPUS})
 @serve.ingress(api)
 class GraphIngress:
     """Runs the graph: POST / with the graph's request; /healthz, /readyz, /graph."""
 
     async def __init__(self, args: GraphArgs, nodes: Optional[dict[str, Any]] = None, companions: Optional[dict[str, Any]] = None,
-                       monitor: Any = None):
+                       monitor: Any = None, rollouts: Any = None):
         """`args` as the builder validated them; `nodes`: handles of the nodes
         placed apart; `companions`: handles of the deployments inline nodes
         asked for (an embedded LLM's engine); `monitor`: the drift monitor's
-        handle (deployments/monitoring), which the logged requests feed."""
+        handle (deployments/monitoring), which the logged requests feed;
+        `rollouts`: the rollout controller's (deployments/rollouts), which
+        the splits report to and take their weights from."""
         self.args = args
         remote = {name: RemoteNode(name, handle, await handle.describe.remote()) for name, handle in (nodes or {}).items()}
         companions = companions or {}
@@ -187,6 +198,13 @@ class GraphIngress:
             from deployments.monitoring.feed import DriftFeed
 
             self.executor.monitor = DriftFeed(args.drift, send=lambda rows: monitor.add.remote(rows))
+        if rollouts is not None:
+            from deployments.graph.rollout_plans import plans
+            from deployments.rollouts.feed import RolloutFeed, initial_weights
+
+            rollout_plans = plans(args.graph)
+            self.executor.rollouts = RolloutFeed(rollout_plans, await asyncio.to_thread(initial_weights, rollout_plans),
+                                                 send=lambda counts: rollouts.report.remote(counts))
         self.readiness = CachedReadiness(self._checks, period_s=args.readiness_period_s, name=f"graph {args.graph.name}")
         self._keys_on = args.http is not None and bool(args.http.api_keys)
         # The clock of unhealthy_after_s starts once the replica is built (the

@@ -32,6 +32,7 @@ from pydantic import Field, model_validator
 from deployments.nodes import KINDS
 from deployments.nodes.base import Name, Reference
 from deployments.nodes.base import Strict as _Strict
+from deployments.rollouts.config import RolloutConfig
 
 
 # ---------------------------------------------------------------- request
@@ -178,7 +179,7 @@ class FanoutStep(_Step):
 
 class Variant(_Strict):
     name: Name
-    weight: float = Field(ge=0, le=1)
+    weight: Optional[float] = Field(None, ge=0, le=1, description="Share of traffic; left out when a rollout sets it.")
     then: "Step"
 
 
@@ -191,6 +192,9 @@ class SplitStep(_Step):
     sticky_key: Optional[Reference] = Field(None, description="e.g. request.user_id; absent: each request drawn at random.")
     salt: Optional[str] = Field(None, description="Hash salt (default: the step's name): change it to reshuffle users.")
     variants: list[Variant] = Field(min_length=2)
+    rollout: Optional[RolloutConfig] = Field(
+        None, description="Step the challenger variant's weight up while guards against the champion hold, then move "
+        "the champion alias to it; roll back on a breach (deployments/rollouts).")
     slot: ClassVar[bool] = True
 
     def children(self, path: str) -> list[tuple["Step", str]]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 from deployments.graph.references import REQUEST, Reference
+from deployments.graph.rollout_plans import rollout_problems
 from deployments.graph.spec import STEP_KINDS, GraphSpec, Step, walk
 from deployments.nodes import KINDS
 
@@ -234,9 +235,16 @@ class _FlowWalker:
         return _common(branches, available)
 
     def _split(self, step: Any, path: str, available: frozenset[str]) -> frozenset[str]:
-        total = sum(variant.weight for variant in step.variants)
-        if not math.isclose(total, 1.0, abs_tol=1e-9):
-            self.problems.append(Problem(f"{path}.variants", f"weights sum to {total:g}, must be 1"))
+        if step.rollout is not None:
+            _, problems = rollout_problems(self.spec, step, path, self.root)
+            self.problems += [Problem(where, reason) for where, reason in problems]
+        else:
+            missing = [index for index, variant in enumerate(step.variants) if variant.weight is None]
+            for index in missing:
+                self.problems.append(Problem(f"{path}.variants[{index}].weight", "required (or a rollout: to set the weights)"))
+            total = sum(variant.weight or 0.0 for variant in step.variants)
+            if not missing and not math.isclose(total, 1.0, abs_tol=1e-9):
+                self.problems.append(Problem(f"{path}.variants", f"weights sum to {total:g}, must be 1"))
         names = [variant.name for variant in step.variants]
         for duplicate in sorted({n for n in names if names.count(n) > 1}):
             self.problems.append(Problem(f"{path}.variants", f"variant {duplicate!r} appears twice"))
