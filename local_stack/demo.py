@@ -132,6 +132,11 @@ def main() -> None:
         print(f"  drift (the latest 300 requests vs the ranker's training data): send a shifted user mix, then read the flag:\n"
               f"    .venv/bin/python -m local_stack.traffic --url {base}/recommend --mix shifted\n"
               f"    curl -s http://127.0.0.1:{args.metrics_port}/metrics | grep -E 'ray_graph_(drift_detected|feature_drifted)'")
+        if "canary" in apps:
+            print(f"  rollout (the canary app steps ranker@canary up against ranker@stable, 10/50/100 %, 30 s a step while\n"
+                  f"  its guards hold, then moves @stable to it): send it traffic, and follow the record in the registry:\n"
+                  f"    .venv/bin/python -m local_stack.traffic --url {base}/canary --requests 6000 --rate 40\n"
+                  f"    .venv/bin/python -m cli.rollout {args.config}        # --restart: run it again")
         print(f"  metrics: http://127.0.0.1:{args.metrics_port}/metrics (ray_graph_node_latency_ms, ray_serve_*)")
         print(f"  Ray dashboard: http://127.0.0.1:{args.dashboard_port}; this cluster's token: {env['RAY_AUTH_TOKEN_PATH']}")
         print(f"    RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={env['RAY_AUTH_TOKEN_PATH']} serve status -a http://127.0.0.1:{args.dashboard_port}")

@@ -103,7 +103,7 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def serve_config(ray_cluster, triton):
-    """configs/local.yaml with the session's ports and the tiny LLM, and one
+    """configs/local.yaml's recommend and chat apps with the session's ports and the tiny LLM, and one
     recommend ingress replica where it ships autoscaling from one to two:
     the tests assert what one replica does (its batches, its readiness
     checks, a key's rate limit per replica) and must not see a second one
@@ -111,7 +111,9 @@ def serve_config(ray_cluster, triton):
     graph, test_faults_under_load runs two ingress replicas under load. It
     logs every request (the shipped config one in five), so that the payload
     and drift tests can follow each request they send."""
-    config = local_config(http_port=free_port(), triton_grpc=triton.grpc_url, llm="tiny-llama")
+    # The canary app is left out: its rollout would move the stack's
+    # ranker@stable; test_rollouts_serve runs it on a copy of the registry.
+    config = local_config(http_port=free_port(), triton_grpc=triton.grpc_url, llm="tiny-llama", only={"recommend", "chat"})
     (recommend,) = [app for app in config["applications"] if app["name"] == "recommend"]
     recommend["deployments"][0].pop("autoscaling_config")
     recommend["deployments"][0]["num_replicas"] = 1

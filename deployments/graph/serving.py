@@ -175,7 +175,7 @@ INGRESS_NUM_CPUS = 0.25
                   ray_actor_options={"num_cpus": INGRESS_NUM_CPUS})
 @serve.ingress(api)
 class GraphIngress:
-    """Runs the graph: POST / with the graph's request; /healthz, /readyz, /graph."""
+    """Runs the graph: POST / with the graph's request; /healthz, /readyz, /graph, /rollout."""
 
     async def __init__(self, args: GraphArgs, nodes: Optional[dict[str, Any]] = None, companions: Optional[dict[str, Any]] = None,
                        monitor: Any = None, rollouts: Any = None):
@@ -294,6 +294,15 @@ class GraphIngress:
         from deployments.graph.draw import mermaid
 
         return mermaid(self.executor.spec)
+
+    @api.get("/rollout")
+    async def rollout(self) -> dict:
+        """The weights this replica routes its rolled-out splits by now (the
+        record and the decisions: `python -m cli.rollout CONFIG`)."""
+        feed = self.executor.rollouts
+        splits = {} if feed is None else {
+            split: dict(zip(plan.variants, feed.weights(split))) for split, plan in feed.plans.items()}
+        return {"replica": serve.get_replica_context().replica_id.unique_id, "splits": splits}
 
     def __del__(self):
         """Serve's shutdown hook: what the payload log holds is written (2 s at most)."""

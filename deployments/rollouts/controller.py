@@ -76,6 +76,9 @@ class Rollout:
             self.last = verdict
             if verdict.decision != "hold":
                 decided.append(await self._act(state, verdict, now))
+                if state.status == "promoted":  # the champion alias names the challenger's version now
+                    champion = challenger
+                    self.versions, self.window = (champion, challenger), StepWindow()
         self.state = state
         self.weight = challenger_weight(state, champion, challenger)
         for decision, reason in decided:

@@ -213,6 +213,8 @@ with mock.patch.object(ray, "is_initialized", return_value=True), \\
     ShadowMetrics("recommend")
     _records_metric()
     DriftMetrics()
+    from deployments.rollouts.serving import _Metrics as RolloutMetrics
+    RolloutMetrics("canary")
 recorder = OpenTelemetryMetricRecorder(gauge_metric_ttl_seconds=60)
 for kind, name, bounds, tags in created:
     values = {tag: "x" for tag in tags}
@@ -230,7 +232,7 @@ sys.stdout.write(generate_latest(REGISTRY).decode())
 
 
 def test_node_metrics_through_rays_exporter_have_the_dashboards_names():
-    """deployments/metrics.py's, the batching nodes', the shadow steps' and the payload log's metrics, exported by Ray 2.60's own
+    """deployments/metrics.py's, the batching nodes', the shadow steps', the payload log's, drift's and rollouts' metrics, exported by Ray 2.60's own
     OpenTelemetry recorder (what the dashboard agent runs; no cluster needed),
     are the names and labels the dashboard queries."""
     result = subprocess.run([sys.executable, "-c", _EXPORT_NODE_METRICS], cwd=PROJECT_ROOT,
@@ -249,6 +251,7 @@ def test_node_metrics_through_rays_exporter_have_the_dashboards_names():
         "ray_graph_shadow_rank_distance_bucket",
         "ray_graph_shadow_score_diff_bucket", "ray_graph_shadow_latency_ms_bucket",
         "ray_graph_drift_detected", "ray_graph_drift_share", "ray_graph_feature_drifted",
+        "ray_graph_rollout_weight", "ray_graph_rollout_decisions_total",
     }
     assert ours <= set(exported.series)
     problems = [p for p in report.problems if "ray_graph_" in p]  # names and matched labels

@@ -221,6 +221,7 @@ def test_a_good_challenger_steps_up_and_is_promoted_with_every_decision_recorded
     clock.now += 61
     asyncio.run(rollouts.tick())
     assert str(client.get_model_version_by_alias("scorer", "champion").version) == "2"
+    assert rollouts.weights() == {"ab": [0.0, 1.0]}  # not a tick back on the champion variant, still on v1
     kept = record(client, "2")
     assert kept["status"] == "promoted" and [e["event"] for e in kept["history"]] == ["started", "advanced", "advanced", "promoted"]
     asyncio.run(rollouts.tick())  # champion and challenger now the same version: stays on it
