@@ -4,7 +4,8 @@
 3. ranker training + MLflow registration with aliases, 4. the Triton model
 repository exported from the registry (python-backend runner on this CPU),
 5. the LLM folders (a tiny Llama; SmolLM2 converted from its GGUF package),
-registered in MLflow with aliases.
+registered in MLflow with aliases, 6. Prometheus and promtool, unpacked from
+Debian's package (local_stack/prometheus.py).
 
     python -m local_stack.bootstrap [--root .local] [--force]
 """
@@ -81,6 +82,11 @@ def ensure(paths: StackPaths = StackPaths(), force: bool = False) -> StackPaths:
 
             versions = export_from_registry(paths.triton_repo, ranker_spec(paths), paths.mlflow_uri, Target.CPU_PYTHON)
             print(f"    {train.MODEL_NAME}: versions {', '.join(versions)} (python backend running model.onnx with onnxruntime)")
+    from local_stack import prometheus
+
+    if not prometheus.is_unpacked(paths):
+        with step(f"Prometheus and promtool from Debian's package (unpacked, no service) -> {prometheus.binaries(paths)}"):
+            print(f"    {prometheus.PACKAGE} {prometheus.unpack(paths)}")
     from local_stack import llm_models
 
     for name, build in llm_models.LLM_MODELS.items():

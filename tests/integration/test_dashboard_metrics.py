@@ -57,3 +57,20 @@ def test_dashboard_queries_only_exported_metrics(recommend_url, chat_url, ray_cl
     assert report.ok, "\n".join(report.problems)
     # The endpoints really carry the traffic: not only declared families.
     assert scraped.has("ray_graph_node_errors_total") and scraped.has("ray_vllm_time_to_first_token_seconds_bucket")
+
+
+def test_prometheus_own_promtool_accepts_the_alert_rules_and_the_local_scrape_config(stack):
+    """Prometheus' own checker (local_stack/prometheus.py unpacks it): every
+    rule parses, and the demo's scrape config loads with its rule file.
+    (prometheus-kubernetes.yml is not checked here: Debian builds Prometheus
+    without Kubernetes service discovery.)"""
+    import subprocess
+
+    from local_stack.prometheus import binaries
+
+    promtool = str(binaries(stack) / "promtool")
+    rules = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60)
+    assert rules.returncode == 0 and "SUCCESS: 4 rules found" in rules.stdout, rules.stdout + rules.stderr
+    config = subprocess.run([promtool, "check", "config", str(PROJECT_ROOT / "observability" / "prometheus.yml")],
+                            capture_output=True, text=True, timeout=60)
+    assert config.returncode == 0, config.stdout + config.stderr
