@@ -37,18 +37,10 @@ def in_process(args: GraphArgs | dict[str, Any]) -> GraphExecutor:
     payloads = PayloadLogger(args.graph.name, args.payload_log) if args.payload_log is not None else None
     executor = GraphExecutor(args.graph, payloads=payloads)
     rollout_plans = plans(args.graph)
-    if rollout_plans:  # the controller's loop on this process's event loop, started by the first request
-        from deployments.rollouts.controller import Rollouts
-        from deployments.rollouts.feed import RolloutFeed, initial_weights
+    if rollout_plans:
+        from deployments.rollouts.feed import in_process_feed
 
-        controller = Rollouts(rollout_plans)
-
-        async def report(counts: dict) -> dict:
-            controller.start()
-            return controller.report(counts)
-
-        executor.rollouts = RolloutFeed(rollout_plans, initial_weights(rollout_plans), send=report)
-        executor.rollout_controller = controller
+        executor.rollouts = in_process_feed(rollout_plans)
     return executor
 
 

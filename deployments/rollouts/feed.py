@@ -40,6 +40,7 @@ class RolloutFeed:
         self._pending: dict[str, dict[str, list]] = {}
         self._agreement: dict[str, list] = {}
         self.failed_reports = 0
+        self.controller = None  # the in-process controller (in_process_feed), else None: a Serve deployment's
         self._task: Optional[asyncio.Task] = None
         self.every_s = min(plan.config.tick_s for plan in plans.values())
 
@@ -82,3 +83,20 @@ class RolloutFeed:
         while True:
             await asyncio.sleep(self.every_s)
             await self.sync()
+
+
+def in_process_feed(plans: dict[str, RolloutPlan]) -> RolloutFeed:
+    """A graph run in this process (apps.graph.in_process, a notebook): the
+    controller's loop runs here too, on the caller's event loop, started by
+    the first report (`feed.controller`: its status)."""
+    from deployments.rollouts.controller import Rollouts
+
+    controller = Rollouts(plans)
+
+    async def send(counts: dict[str, Any]) -> dict[str, list[float]]:
+        controller.start()
+        return controller.report(counts)
+
+    feed = RolloutFeed(plans, initial_weights(plans), send)
+    feed.controller = controller
+    return feed

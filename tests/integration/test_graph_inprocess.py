@@ -15,11 +15,12 @@ pytestmark = pytest.mark.integration
 ITEMS = list(range(1, 11))
 
 
-def graph_args(path: str, triton=None) -> dict:
-    """The config's graph args with the model nodes pointed at the test Triton
-    and the LLM at a port nobody listens on (the chat app is not started here)."""
+def graph_args(path: str, triton=None, app: str | None = None) -> dict:
+    """The config's graph args (its first graph app's, or `app`'s) with the
+    model nodes pointed at the test Triton and the LLM at a port nobody
+    listens on (the chat app is not started here)."""
     with open(path) as handle:
-        args = args_from_config(yaml.safe_load(handle))
+        args = args_from_config(yaml.safe_load(handle), app)
     for node in args["graph"]["nodes"].values():
         if node["kind"] == "triton_model" and triton is not None:
             node["config"]["url"] = triton.grpc_url
@@ -68,6 +69,47 @@ def test_an_unreachable_llm_leaves_the_ranking_and_a_reason_then_cools_down(trit
     assert first.errors["explain"].startswith("node explain failed: APIConnectionError")
     assert second.errors["explain"].startswith("skipped: explain failed ") and "APIConnectionError" in second.errors["explain"]
     assert "explain" in first.latency_ms and "explain" not in second.latency_ms
+
+
+def test_a_rollout_runs_its_controller_in_process_too(triton, stack, tmp_path):
+    """A notebook's graph with a rollout: the controller's loop runs on the
+    caller's event loop, steps the canary up and moves the alias (on a copy
+    of the registry)."""
+    import random
+    import shutil
+
+    from mlflow import MlflowClient
+
+    shutil.copy(stack.mlflow_db, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.set_registered_model_alias("ranker", "stable", "1")
+    client.set_registered_model_alias("ranker", "canary", "2")
+    for key in [k for k in client.get_model_version("ranker", "2").tags if k.startswith("rollout.")]:
+        client.delete_model_version_tag("ranker", "2", key)
+    args = graph_args("configs/local.yaml", triton, app="canary")
+    for node in args["graph"]["nodes"].values():
+        if node["kind"] == "triton_model":
+            node["config"].update(registry_uri=uri, alias_poll_s=0.5)
+    (split,) = [step for step in args["graph"]["flow"]["steps"] if step["kind"] == "split"]
+    split["rollout"].update(steps=[0.5, 1.0], dwell_s=0.5, min_requests=5, tick_s=0.2,
+                            guards=[{"metric": "error_rate"}])
+    graph = in_process(args)
+    users = random.Random(0)
+
+    async def until_promoted():
+        answers, deadline = [], asyncio.get_running_loop().time() + 60
+        rollout = graph.rollouts.controller.rollouts["ranker"]
+        while rollout.state is None or rollout.state.status != "promoted":
+            assert asyncio.get_running_loop().time() < deadline, rollout.status()
+            answers.append(await graph.run({"user_id": users.randint(1, 200), "item_ids": ITEMS, "k": 3}))
+        await graph.close()
+        return answers
+
+    answers = asyncio.run(until_promoted())
+    assert str(client.get_model_version_by_alias("ranker", "stable").version) == "2"
+    assert {a.routes["ranker"] for a in answers} == {"stable", "canary"}
+    assert {(a.routes["ranker"], a.output["model"]["version"]) for a in answers} <= {("stable", "1"), ("canary", "2")}
 
 
 def test_unknown_entities_are_a_404(triton):

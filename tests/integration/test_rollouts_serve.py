@@ -14,6 +14,7 @@ import random
 import shutil
 import threading
 import time
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 import httpx
@@ -64,6 +65,8 @@ def faulty(app: dict, name: str, graph: str, stable: str, canary: str, fault: di
     (split,) = [step for step in spec["flow"]["steps"] if step["kind"] == "split"]
     split["variants"][1]["then"] = {"kind": "sequence", "steps": [{"kind": "node", "node": "canary"}, {"kind": "node", "node": "fault"}]}
     split["rollout"].update(dwell_s=BAD_DWELL_S, min_requests=10)
+    # Serve buffers replica log lines by default; the test reads the controller's log file.
+    app["runtime_env"] = {"env_vars": {"RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1"}}
     return app
 
 
@@ -228,3 +231,7 @@ def test_a_failing_or_slow_canary_is_rolled_back_in_its_first_step(canaries, reg
     assert wait_metric(ray_cluster["metrics_url"], "ray_graph_rollout_decisions_total", graph=graph, decision="rolled_back") == 1
     if case is BROKEN:
         assert any(o.status >= 500 for o in load.outcomes if o.ended < rolled_back), "the canary did fail before"
+    logged = [line for path in Path(ray_cluster["serve_logs_dir"]).glob(f"replica_{name}_RolloutController_*.log")
+              for line in path.read_text(errors="replace").splitlines() if f"rollout.{graph}.ranker: rolled_back" in line]
+    assert len(logged) == 1 and f"({guard}: challenger" in logged[0] and "WARNING" in logged[0], \
+        (logged, sorted(p.name for p in Path(ray_cluster["serve_logs_dir"]).glob(f"*{name}*")))
