@@ -16,6 +16,12 @@ from deployments.errors import GraphError
 
 LATENCY_BOUNDARIES_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
 SCORE_BOUNDARIES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+# Ray 2.60's metrics agent drops a gauge's series once it has not been set
+# for two export intervals (~20 s; ray/_private/telemetry/
+# open_telemetry_metric_recorder.py): a gauge set once a minute (a drift
+# check's verdict) is missing from most scrapes, and an alert with `for:`
+# never fires. Gauges that change rarely are set again this often.
+GAUGE_REFRESH_S = 5.0
 
 
 class NodeMetrics:

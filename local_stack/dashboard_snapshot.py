@@ -56,6 +56,19 @@ def legend(template: str, labels: dict[str, str]) -> str:
     return text.strip() or ", ".join(f"{k}={v}" for k, v in labels.items() if k != "__name__")
 
 
+def with_gaps(times: list[float], values: list[float], step_s: float = 5.0) -> tuple[list[float], list[float]]:
+    """A break (NaN) where Prometheus had no sample for more than two steps,
+    as Grafana draws it: a series that went stale is not joined across."""
+    xs, ys = [], []
+    for index, (t, v) in enumerate(zip(times, values)):
+        if index and t - times[index - 1] > 2 * step_s:
+            xs.append(t - step_s)
+            ys.append(float("nan"))
+        xs.append(t)
+        ys.append(v)
+    return xs, ys
+
+
 def draw(panels: list[dict[str, Any]], series: dict[int, list[tuple[str, list[float], list[float]]]], title: str,
          out: Path) -> None:
     import matplotlib
@@ -64,25 +77,25 @@ def draw(panels: list[dict[str, Any]], series: dict[int, list[tuple[str, list[fl
     import matplotlib.pyplot as plt
 
     top = min(p["gridPos"]["y"] for p in panels)
-    bottom = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
-    figure = plt.figure(figsize=(18, 2.2 * (bottom - top) / 4 + 0.6))
+    height = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels) - top
+    figure = plt.figure(figsize=(18, height / 2))
     figure.suptitle(title, x=0.01, ha="left", fontsize=12, fontweight="bold")
-    height = (bottom - top)
+    usable = 0.95  # below the title
     for panel in panels:
         grid = panel["gridPos"]
-        left, width = grid["x"] / 24, grid["w"] / 24
-        lower = 1 - (grid["y"] - top + grid["h"]) / height
-        axes = figure.add_axes([left + 0.035, lower * 0.92 + 0.05, width - 0.05, grid["h"] / height * 0.92 - 0.1])
+        bottom = (1 - (grid["y"] - top + grid["h"]) / height) * usable
+        axes = figure.add_axes([grid["x"] / 24 + 0.035, bottom + 0.03, grid["w"] / 24 - 0.05, grid["h"] / height * usable - 0.065])
         axes.set_title(panel["title"], fontsize=9, loc="left")
         drawn = series.get(panel["id"], [])
         for name, times, values in drawn:
-            axes.plot(times, values, linewidth=1, label=name[:60])
+            axes.plot(*with_gaps(times, values), linewidth=1, label=name[:60])
         if drawn:
             axes.legend(fontsize=6, loc="upper left", frameon=False)
         else:
             axes.text(0.5, 0.5, "No data", ha="center", va="center", transform=axes.transAxes, color="grey")
+            axes.set_yticks([])
         axes.tick_params(labelsize=7)
-        axes.set_xlabel("s", fontsize=7, loc="right")
+        axes.set_xlabel("seconds", fontsize=7, loc="right")
         axes.grid(alpha=0.3)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)

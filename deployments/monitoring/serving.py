@@ -11,7 +11,8 @@ reference), in a worker thread, and exports the verdict:
     ray_graph_feature_drifted{graph, feature}            1 while that column drifts
     ray_graph_drift_checks_total{graph, outcome}         ok / failed (a detector that raised)
 
-A detector that raises or is slow affects no request: the ingress only
+The gauges are set again every few seconds between checks (Ray drops a
+gauge's series ~20 s after its last set). A detector that raises or is slow affects no request: the ingress only
 sends rows, and a failed check is counted and logged.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ray import serve
 
 from deployments.monitoring.config import DriftConfig
 from deployments.monitoring.drift import DriftDetector, DriftVerdict
+from deployments.metrics import GAUGE_REFRESH_S
 from deployments.monitoring.feed import SCORE
 
 logger = logging.getLogger("ray.serve.serve_graphs.monitoring")
@@ -62,6 +64,7 @@ class DriftMonitor:
             raise ValueError(f"drift.reference_artifact: {error}") from None
         self._metrics = _Metrics()
         self._loop_task = asyncio.get_running_loop().create_task(self._check_forever())
+        self._refresh_task = asyncio.get_running_loop().create_task(self._refresh_forever())
 
     def _use(self, version: str, columns: list[str]) -> None:
         self.version = version
@@ -88,6 +91,13 @@ class DriftMonitor:
         while True:
             await asyncio.sleep(self.config.check_every_s)
             await self._check()
+
+    async def _refresh_forever(self) -> None:
+        """The last verdict's gauges, set again between checks (GAUGE_REFRESH_S)."""
+        while True:
+            await asyncio.sleep(GAUGE_REFRESH_S)
+            if self.last is not None:
+                self._metrics.verdict(self.graph, self.model, self.version, self.last)
 
     async def _check(self) -> None:
         if len(self.window) < self.config.window:
@@ -117,8 +127,9 @@ class DriftMonitor:
         return None if ref.version == self.version else (ref.version, ref.input_features)
 
     def check_health(self) -> None:
-        if self._loop_task.done():
-            raise RuntimeError(f"the drift check loop stopped: {self._loop_task.exception()!r}")
+        for task in (self._loop_task, self._refresh_task):
+            if task.done():
+                raise RuntimeError(f"a drift monitor loop stopped: {task.exception()!r}")
 
 
 class _Metrics:

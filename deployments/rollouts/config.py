@@ -72,8 +72,9 @@ class RolloutConfig(_Strict):
     steps: list[float] = Field(min_length=1, max_length=20, description="The challenger's share of traffic, step by step, "
                                "rising, the last 1.0 (or less: the alias moves after the last step all the same).")
     dwell_s: float = Field(60.0, gt=0, le=7 * 86400, description="Time per step with every guard holding before the next.")
-    min_requests: int = Field(50, ge=1, le=1_000_000, description="Challenger requests (and champion ones, for the "
-                              "comparisons) a step needs before its guards judge it.")
+    min_requests: int = Field(100, ge=1, le=1_000_000, description="Challenger requests (and champion ones, for the "
+                              "comparisons) a step needs before its guards judge it; a p99 of fewer than 100 is the "
+                              "slowest request's latency.")
     guards: list[Guard] = Field(
         default_factory=lambda: [ErrorRateGuard(metric="error_rate"), LatencyGuard(metric="latency_p99")],
         description="Each compared every tick; one breach rolls the challenger back to 0 at once.")

@@ -128,10 +128,11 @@ class Rollouts:
 
     def __init__(self, plans: dict[str, RolloutPlan], drift: Optional[Callable[[], Awaitable[Optional[bool]]]] = None,
                  on_decision: Optional[OnDecision] = None, store_factory: Callable[[RolloutPlan], Any] = RegistryStore,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, after_tick: Optional[Callable[[], None]] = None):
         self.rollouts = {split: Rollout(plan, store_factory(plan), clock) for split, plan in plans.items()}
         self._drift = drift if any(g.metric == "drift" for p in plans.values() for g in p.config.guards) else None
         self.on_decision = on_decision
+        self.after_tick = after_tick  # the Serve controller's gauges, set again every tick
         self.tick_s = min(plan.config.tick_s for plan in plans.values())
         self._task: Optional[asyncio.Task] = None
 
@@ -174,6 +175,8 @@ class Rollouts:
             await asyncio.sleep(self.tick_s)
             try:
                 await self.tick()
+                if self.after_tick is not None:
+                    self.after_tick()
             except Exception:  # never the end of the loop: logged, the next tick tries again
                 logger.exception("rollouts: tick failed")
 

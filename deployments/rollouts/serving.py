@@ -5,10 +5,12 @@ exports what it decides:
 
     ray_graph_rollout_weight{graph, split, variant}       each variant's share now
     ray_graph_rollout_step{graph, split}                  the step (1-based; 0 before a start)
+    ray_graph_rollout_state{graph, split, state}          1 for the state now: idle, running, promoted, rolled_back
     ray_graph_rollout_decisions_total{graph, split, decision}
         started, advanced, promoted, rolled_back
 
-A restarted controller reads the record from the registry before it
+The gauges are set again every tick (Ray drops a gauge's series ~20 s after
+its last set). A restarted controller reads the record from the registry before it
 answers anyone, so it routes as its predecessor did.
 """
 from __future__ import annotations
@@ -20,6 +22,8 @@ from ray import serve
 from deployments.rollouts.config import RolloutPlan
 from deployments.rollouts.controller import Rollouts
 from deployments.rollouts.policy import RolloutState
+
+STATES = ("idle", "running", "promoted", "rolled_back")
 
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0},
@@ -33,7 +37,8 @@ class RolloutController:
             async def drift() -> Optional[bool]:
                 verdict = (await monitor.status.remote())["verdict"]
                 return None if verdict is None else bool(verdict["drifted"])
-        self.rollouts = Rollouts(plans, drift=drift, on_decision=self._decided)
+        self.rollouts = Rollouts(plans, drift=drift, on_decision=self._decided,
+                                 after_tick=lambda: self._metrics.weights(self.rollouts))
         await self.rollouts.tick()
         self._metrics.weights(self.rollouts)
         self.rollouts.start()
@@ -77,6 +82,10 @@ class _Metrics:
                                     description="Each variant's share of a rolled-out split's traffic now.")
         self.step = metrics.Gauge("graph_rollout_step", tag_keys=("graph", "split"),
                                   description="The rollout's step (1-based; 0 before it starts).")
+        self.state = metrics.Gauge("graph_rollout_state", tag_keys=("graph", "split", "state"),
+                                   description="1 for the rollout's state now (idle, running, promoted, rolled_back), "
+                                   "0 for the others: what an alert watches (a counter's first increment is not an "
+                                   "increase to Prometheus).")
         self.decisions = metrics.Counter("graph_rollout_decisions_total", tag_keys=("graph", "split", "decision"),
                                          description="Rollout decisions: started, advanced, promoted, rolled_back "
                                          "(the reason is in the registry's record and the controller's log).")
@@ -92,6 +101,10 @@ class _Metrics:
                 self.weight.set(weight, tags={"graph": self.graph, "split": split, "variant": variant})
             step = 0 if rollout.state is None else rollout.state.step + 1
             self.step.set(step, tags={"graph": self.graph, "split": split})
+            now = "idle" if rollout.state is None or rollout.versions is None or \
+                rollout.state.challenger_version != rollout.versions[1] else rollout.state.status
+            for state in STATES:
+                self.state.set(1 if state == now else 0, tags={"graph": self.graph, "split": split, "state": state})
 
     def decision(self, plan: RolloutPlan, decision: str) -> None:
         if self.enabled:

@@ -86,6 +86,14 @@ def test_the_training_mix_leaves_the_flag_off_and_a_shifted_user_mix_turns_it_on
     text = scrape(ray_cluster["metrics_url"])
     assert metric_sum(text, "ray_graph_feature_drifted", graph="recommend", feature="user_features__age") == 1
     assert metric_sum(text, "ray_graph_drift_share", graph="recommend") >= 0.3
+    # Still exported long after the check (Ray drops a gauge ~20 s after its
+    # last set; the monitor sets it again every few seconds), so an alert's
+    # `for: 5m` sees an unbroken series.
+    seen = []
+    for _ in range(8):
+        time.sleep(5)
+        seen.append(flag(ray_cluster["metrics_url"]))
+    assert seen == [1] * 8, seen
 
     back = window_of("normal", 3, recommend_url, stack.data, monitor)
     assert back["verdict"]["drifted"] is False, back["verdict"]

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 
-from local_stack.dashboard_snapshot import DASHBOARD, concrete, draw, legend, row_panels, snapshot
+import math
+
+from local_stack.dashboard_snapshot import DASHBOARD, concrete, draw, legend, row_panels, snapshot, with_gaps
 
 
 def test_the_monitoring_row_has_the_rollout_and_drift_panels():
     titles = [p["title"] for p in row_panels(json.loads(DASHBOARD.read_text()), "Monitoring")]
     assert titles[0] == "Payload log records/s by outcome"
-    assert {"Drift: flag and share of drifted columns", "Rollouts: each variant's share", "Rollouts: decisions"} <= set(titles)
+    assert {"Drift: flag and share of drifted columns", "Rollouts: each variant's share", "Rollouts: decisions so far"} <= set(titles)
 
 
 def test_queries_match_every_value_of_a_variable_and_take_a_fixed_rate_interval():
@@ -39,3 +41,8 @@ def test_the_row_is_drawn_from_the_answers(tmp_path):
     assert series == {weights: [("canary ranker canary", [0.0, 5.0, 10.0, 15.0], [0.1, 0.1, 0.5, 1.0])]}
     draw(panels, series, "Monitoring", tmp_path / "row.png")
     assert (tmp_path / "row.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_series_that_went_stale_is_not_joined_across_the_gap():
+    xs, ys = with_gaps([0.0, 5.0, 30.0, 35.0], [1.0, 1.0, 0.0, 0.0])
+    assert xs == [0.0, 5.0, 25.0, 30.0, 35.0] and math.isnan(ys[2]) and ys[:2] == [1.0, 1.0] and ys[3:] == [0.0, 0.0]
