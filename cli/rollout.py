@@ -71,7 +71,7 @@ def describe(app: str, plan: RolloutPlan, champion: str, challenger: str, state:
 def restart(plan: RolloutPlan, store: Any) -> str:
     champion, challenger, state = store.current()
     if state is not None and state.status == "promoted" and champion == challenger:
-        store.client.set_registered_model_alias(plan.model, plan.champion_alias, state.champion_version)
+        store.point_champion(state.champion_version)
         store.forget(challenger)
         return f"@{plan.champion_alias} back to v{state.champion_version}; the rollout of v{challenger} starts again"
     if state is not None:

@@ -74,6 +74,26 @@ def wait_readiness(url: str, until: Callable[[httpx.Response], bool], timeout_s:
     raise TimeoutError(f"{url} did not answer as expected within {timeout_s} s: {last} {last.text if last is not None else ''}")
 
 
+def registry_copy(stack, folder, aliases: dict[str, str]) -> tuple[Any, str]:
+    """(client, URI) of a copy of the stack's MLflow registry in `folder`:
+    `aliases` (alias -> version of `ranker`) set, no rollout records left, so
+    a test's alias moves and rollouts touch nothing else."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    path = folder / "mlflow.db"
+    shutil.copy(stack.mlflow_db, path)
+    uri = f"sqlite:///{path}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    for alias, version in aliases.items():
+        client.set_registered_model_alias("ranker", alias, version)
+    for version in {v.version for v in client.search_model_versions("name='ranker'")}:
+        for key in [k for k in client.get_model_version("ranker", version).tags if k.startswith("rollout.")]:
+            client.delete_model_version_tag("ranker", version, key)
+    return client, uri
+
+
 def replicas() -> dict[str, set[str]]:
     """Live replica actors by `app#deployment` (a restarted replica gets a new name)."""
     import ray

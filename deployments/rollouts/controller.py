@@ -105,7 +105,7 @@ class Rollout:
             return "advanced", f"step {state.step + 1}/{len(config.steps)}: {state.weight:.0%}"
         # The alias first: a failure between the two leaves the record
         # "running" and the champion already moved, which routes the same.
-        await asyncio.to_thread(self.store.promote, state)
+        await asyncio.to_thread(self.store.point_champion, state.challenger_version)
         state.status, state.weight, state.reason = "promoted", 1.0, verdict.reason
         state.event(now, "promoted")
         await asyncio.to_thread(self.store.save, state)
@@ -142,13 +142,9 @@ class Rollouts:
 
     def report(self, report: dict[str, Any]) -> dict[str, list[float]]:
         """A replica's counts (RolloutFeed.take); the weights it routes by next."""
-        agreement = report.get("agreement", {})
-        for split, variants in report.get("splits", {}).items():
-            if split in self.rollouts:
-                self.rollouts[split].add(variants, agreement)
+        splits, agreement = report.get("splits", {}), report.get("agreement", {})
         for split, rollout in self.rollouts.items():
-            if split not in report.get("splits", {}) and agreement:
-                rollout.add({}, agreement)
+            rollout.add(splits.get(split, {}), agreement)
         return self.weights()
 
     async def tick(self) -> None:

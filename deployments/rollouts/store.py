@@ -39,9 +39,9 @@ class RegistryStore:
         """Drop the record: the next tick starts the rollout of these versions anew."""
         self.client.delete_model_version_tag(self.plan.model, challenger_version, self.plan.key)
 
-    def promote(self, state: RolloutState) -> None:
-        """The champion alias to the challenger's version."""
-        self.client.set_registered_model_alias(self.plan.model, self.plan.champion_alias, state.challenger_version)
+    def point_champion(self, version: str) -> None:
+        """The champion alias to `version` (a promotion; cli.rollout --restart moves it back)."""
+        self.client.set_registered_model_alias(self.plan.model, self.plan.champion_alias, version)
 
     def current(self) -> tuple[str, str, Optional[RolloutState]]:
         champion, challenger = self.versions()

@@ -76,17 +76,10 @@ def test_a_rollout_runs_its_controller_in_process_too(triton, stack, tmp_path):
     caller's event loop, steps the canary up and moves the alias (on a copy
     of the registry)."""
     import random
-    import shutil
 
-    from mlflow import MlflowClient
+    from tests.servers import registry_copy
 
-    shutil.copy(stack.mlflow_db, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    client.set_registered_model_alias("ranker", "stable", "1")
-    client.set_registered_model_alias("ranker", "canary", "2")
-    for key in [k for k in client.get_model_version("ranker", "2").tags if k.startswith("rollout.")]:
-        client.delete_model_version_tag("ranker", "2", key)
+    client, uri = registry_copy(stack, tmp_path, {"stable": "1", "canary": "2"})
     args = graph_args("configs/local.yaml", triton, app="canary")
     for node in args["graph"]["nodes"].values():
         if node["kind"] == "triton_model":

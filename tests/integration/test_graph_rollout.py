@@ -7,17 +7,15 @@ alias moves here touch nothing else."""
 from __future__ import annotations
 
 import copy
-import shutil
 import threading
 import time
 from typing import NamedTuple
 
 import httpx
 import pytest
-from mlflow import MlflowClient
 
 from tests.integration.test_graph_serve import recommend_app
-from tests.servers import deploy, restore, wait_app, wait_http, wait_readiness
+from tests.servers import deploy, registry_copy, restore, wait_app, wait_http, wait_readiness
 
 pytestmark = pytest.mark.integration
 
@@ -27,12 +25,7 @@ BODY = {"user_id": 7, "item_ids": list(range(1, 11)), "k": 3, "explain": False}
 
 @pytest.fixture(scope="module")
 def registry(stack, tmp_path_factory):
-    path = tmp_path_factory.mktemp("registry") / "mlflow.db"
-    shutil.copy(stack.mlflow_db, path)
-    uri = f"sqlite:///{path}"
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    client.set_registered_model_alias("ranker", ALIAS, "1")
-    return client, uri
+    return registry_copy(stack, tmp_path_factory.mktemp("registry"), {ALIAS: "1"})
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from mlflow import MlflowClient
 from local_stack.serve_configs import application, local_config
 from local_stack.traffic import bodies
 from tests.integration.test_faults_under_load import kill_one_replica, wait_replaced
-from tests.servers import deploy, metric_sum, restore, scrape, wait_app, wait_http
+from tests.servers import deploy, metric_sum, registry_copy, restore, scrape, wait_app, wait_http
 
 pytestmark = pytest.mark.integration
 
@@ -41,17 +40,8 @@ SLOW = ("canary-slow", "canary_slow", "stable_c", "canary_c",
 @pytest.fixture(scope="module")
 def registry(stack, tmp_path_factory):
     """A copy of the stack's registry, each app's aliases on versions 1 and 2, no rollout records."""
-    path = tmp_path_factory.mktemp("rollouts") / "mlflow.db"
-    shutil.copy(stack.mlflow_db, path)
-    uri = f"sqlite:///{path}"
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    for stable, canary in (("stable", "canary"), BROKEN[2:4], SLOW[2:4]):
-        client.set_registered_model_alias(MODEL, stable, "1")
-        client.set_registered_model_alias(MODEL, canary, "2")
-    for version in ("1", "2"):
-        for key in [k for k in client.get_model_version(MODEL, version).tags if k.startswith("rollout.")]:
-            client.delete_model_version_tag(MODEL, version, key)
-    return client, uri
+    pairs = (("stable", "canary"), BROKEN[2:4], SLOW[2:4])
+    return registry_copy(stack, tmp_path_factory.mktemp("rollouts"), {a: v for pair in pairs for a, v in zip(pair, ("1", "2"))})
 
 
 def faulty(app: dict, name: str, graph: str, stable: str, canary: str, fault: dict) -> dict:

@@ -206,10 +206,7 @@ def record(client: MlflowClient, version: str) -> dict:
 
 
 def test_a_good_challenger_steps_up_and_is_promoted_with_every_decision_recorded(registry):
-    client, uri = registry
-    clock = Clock()
-    rollouts, _ = loop_of(uri, clock)
-    asyncio.run(rollouts.tick())
+    client, clock, rollouts, _ = started_loop(registry)
     assert rollouts.weights() == {"ab": [0.9, 0.1]} and record(client, "2")["status"] == "running"
     for expected in ([0.5, 0.5], [0.0, 1.0]):
         rollouts.report(traffic((90, 0), (10, 0)))
@@ -228,11 +225,17 @@ def test_a_good_challenger_steps_up_and_is_promoted_with_every_decision_recorded
     assert rollouts.weights() == {"ab": [0.0, 1.0]}
 
 
-def test_a_failing_challenger_is_rolled_back_at_once_and_stays_back(registry):
+def started_loop(registry) -> tuple[MlflowClient, Clock, Rollouts, dict]:
+    """A controller on the registry, its first tick done: the rollout started at 10 %."""
     client, uri = registry
     clock = Clock()
-    rollouts, _ = loop_of(uri, clock)
+    rollouts, rollout_plans = loop_of(uri, clock)
     asyncio.run(rollouts.tick())
+    return client, clock, rollouts, rollout_plans
+
+
+def test_a_failing_challenger_is_rolled_back_at_once_and_stays_back(registry):
+    client, clock, rollouts, _ = started_loop(registry)
     rollouts.report(traffic((90, 0), (10, 6)))
     clock.now += 1
     asyncio.run(rollouts.tick())
@@ -246,10 +249,8 @@ def test_a_failing_challenger_is_rolled_back_at_once_and_stays_back(registry):
 
 
 def test_a_restarted_controller_and_a_new_replica_route_as_the_record_says(registry):
-    client, uri = registry
-    clock = Clock()
-    rollouts, rollout_plans = loop_of(uri, clock)
-    asyncio.run(rollouts.tick())
+    client, clock, rollouts, rollout_plans = started_loop(registry)
+    _, uri = registry
     rollouts.report(traffic((90, 0), (10, 0)))
     clock.now += 61
     asyncio.run(rollouts.tick())
@@ -263,10 +264,7 @@ def test_a_restarted_controller_and_a_new_replica_route_as_the_record_says(regis
 
 
 def test_the_replica_feed_reports_outcomes_and_routes_by_the_answer(registry):
-    _, uri = registry
-    clock = Clock()
-    rollouts, rollout_plans = loop_of(uri, clock)
-    asyncio.run(rollouts.tick())
+    _, _, rollouts, rollout_plans = started_loop(registry)
     sent = []
 
     async def send(counts):
