@@ -47,6 +47,21 @@ def oip_example(base: str) -> str:
     return f'.venv/bin/python -c "{code}"'
 
 
+def oip_grpc_example(address: str) -> str:
+    """The same call over gRPC, through Serve's gRPC proxy: the official
+    `tritonclient.grpc`, the app named in the `application` metadata (a test
+    runs it as printed)."""
+    code = (
+        "import json, numpy as np, tritonclient.grpc as t; "
+        f"c = t.InferenceServerClient('{address}'); "
+        "x = [t.InferInput('user_id', [1], 'INT64'), t.InferInput('item_ids', [3], 'INT64')]; "
+        "x[0].set_data_from_numpy(np.array([7], dtype=np.int64)); x[1].set_data_from_numpy(np.array([1, 2, 3], dtype=np.int64)); "
+        "r = c.infer('recommend', x, headers={'application': 'recommend'}); "
+        "print(json.dumps([json.loads(i) for i in r.as_numpy('items')]))"
+    )
+    return f'.venv/bin/python -c "{code}"'
+
+
 def wait_ready(url: str, process: subprocess.Popen, timeout_s: float) -> dict:
     deadline = time.monotonic() + timeout_s
     last = "no answer yet"
@@ -120,6 +135,9 @@ def main() -> None:
         print(f"  curl -s {base}/recommend -H 'content-type: application/json' \\\n    -d '{json.dumps(EXAMPLE)}'")
         print(f"  curl -s {base}/recommend/readyz     # readiness of Feast and Triton (the alias's version)")
         print(f"  the Open Inference Protocol (KServe v2) at {base}/recommend/v2, e.g. with tritonclient:\n    {oip_example(base)}")
+        if schema.grpc_options.grpc_servicer_functions:
+            print(f"  and over gRPC on 127.0.0.1:{schema.grpc_options.port} (Serve's gRPC proxy):\n"
+                  f"    {oip_grpc_example(f'127.0.0.1:{schema.grpc_options.port}')}")
         if models:
             loaded = ", ".join(f"{m['id']} v{m['metadata']['registry']['version']}" for m in models["data"])
             print(f"OpenAI-compatible API on {base}/v1  ({loaded})")

@@ -46,14 +46,17 @@ def load_config(path: Path = LOCAL_CONFIG) -> dict[str, Any]:
         return yaml.safe_load(handle)
 
 
-def local_config(http_port: int, triton_grpc: str, llm: str | None = None, only: set[str] | None = None) -> dict[str, Any]:
-    """configs/local.yaml with the test's ports (and, given `llm`, that model
+def local_config(http_port: int, triton_grpc: str, llm: str | None = None, only: set[str] | None = None,
+                 grpc_port: int | None = None) -> dict[str, Any]:
+    """configs/local.yaml with the test's ports (Serve's gRPC proxy on
+    `grpc_port`, or a free one) (and, given `llm`, that model
     served by the chat app instead of the demo's; given `only`, just those
     applications, with explanations off by default if the chat app is left out)."""
     config = copy.deepcopy(load_config())
     if only is not None:
         config["applications"] = [app for app in config["applications"] if app["name"] in only]
     config["http_options"]["port"] = http_port
+    config["grpc_options"]["port"] = grpc_port or free_port()
     for app in config["applications"]:
         if "graph" in app.get("args", {}):
             point_graph(app, triton_grpc, f"http://127.0.0.1:{http_port}/v1", llm)

@@ -16,7 +16,8 @@ def deploy(config: dict[str, Any]) -> None:
     from ray.serve.schema import ServeDeploySchema
 
     schema = ServeDeploySchema.model_validate(config)
-    client = serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
+    client = serve_start(http_options=schema.http_options.model_dump(), grpc_options=schema.grpc_options.model_dump(),
+                         proxy_location=schema.proxy_location)
     client.deploy_apps(schema, _blocking=False)
 
 

@@ -320,8 +320,14 @@ async def infer(executor: Any, model: str, raw: bytes, headers: dict[str, str]) 
     """One `POST /v2/models/<model>/infer`: the tensors read and checked, the
     graph run on the body they make, its answer as output tensors. Raises a
     GraphError (ProtocolError for a bad request) carrying the status."""
-    check_model(model, executor.spec.name)
     request, binary = read_request(raw, headers)
+    return await infer_request(executor, model, request, binary)
+
+
+async def infer_request(executor: Any, model: str, request: dict[str, Any], binary: bytes) -> dict[str, Any]:
+    """An infer request already read (REST's JSON and binary part, or a gRPC
+    message turned into them): checked, run, answered."""
+    check_model(model, executor.spec.name)
     names = requested_outputs(request, list(executor.spec.output))
     body = body_from_tensors(request, binary, executor.spec.request)
     try:

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from ray import serve
 
 from deployments.errors import BackendUnavailable, GraphError, InvalidInput
-from deployments.graph import oip
+from deployments.graph import oip, oip_grpc
 from deployments.graph.args import GraphArgs
 from deployments.graph.executor import GraphExecutor
 from deployments.http import app as http_app
@@ -207,6 +207,8 @@ class GraphIngress:
                                                  send=lambda counts: rollouts.report.remote(counts))
         self.readiness = CachedReadiness(self._checks, period_s=args.readiness_period_s, name=f"graph {args.graph.name}")
         self._keys_on = args.http is not None and bool(args.http.api_keys)
+        # The keys and their buckets, shared by the HTTP routes and the gRPC calls.
+        self._guard = security.key_guard(args.http) if args.http is not None else None
         # The clock of unhealthy_after_s starts once the replica is built (the
         # build itself takes seconds: Feast, Triton's client, the registry).
         self._last_ready = time.monotonic()
@@ -218,7 +220,7 @@ class GraphIngress:
         the replica's environment or mounted files."""
         document_request(self.app, self.executor.request_model, self.executor.spec.name)
         if self.args.http is not None:
-            security.install(self.app, self.args.http)
+            security.install(self.app, self.args.http, guard=self._guard)
         else:
             security.bound_body(self.app)
         return security.cap_caller_sampling(self.app, self.args.caller_sampling_ratio)
@@ -276,6 +278,63 @@ class GraphIngress:
         except GraphError as error:
             return JSONResponse(oip.protocol_body(error), status_code=error.status, headers=error.headers)
         return JSONResponse(body)
+
+    # ---------------------------------------- the same protocol over gRPC, through Serve's gRPC proxy
+    # (deployments/graph/oip_grpc.py): each method is the RPC of its name, the
+    # message in and out; `grpc_context` carries the metadata and the status.
+
+    async def ServerLive(self, request: Any, grpc_context: Any = None) -> Any:
+        from tritonclient.grpc import service_pb2
+
+        return await self._grpc(grpc_context, service_pb2.ServerLiveResponse(), lambda: service_pb2.ServerLiveResponse(live=True))
+
+    async def ServerReady(self, request: Any, grpc_context: Any = None) -> Any:
+        from tritonclient.grpc import service_pb2
+
+        async def ready() -> Any:
+            return service_pb2.ServerReadyResponse(ready=all(ok for ok, _ in (await self.readiness.current()).values()))
+
+        return await self._grpc(grpc_context, service_pb2.ServerReadyResponse(), ready)
+
+    async def ModelReady(self, request: Any, grpc_context: Any = None) -> Any:
+        from tritonclient.grpc import service_pb2
+
+        async def ready() -> Any:
+            oip.check_model(request.name, self.executor.spec.name)
+            return service_pb2.ModelReadyResponse(ready=all(ok for ok, _ in (await self.readiness.current()).values()))
+
+        return await self._grpc(grpc_context, service_pb2.ModelReadyResponse(), ready)
+
+    async def ModelMetadata(self, request: Any, grpc_context: Any = None) -> Any:
+        from tritonclient.grpc import service_pb2
+
+        def metadata() -> Any:
+            oip.check_model(request.name, self.executor.spec.name)
+            return oip_grpc.metadata_message(oip.model_metadata(self.executor.spec))
+
+        return await self._grpc(grpc_context, service_pb2.ModelMetadataResponse(), metadata)
+
+    async def ModelInfer(self, request: Any, grpc_context: Any = None) -> Any:
+        from tritonclient.grpc import service_pb2
+
+        async def infer() -> Any:
+            body, binary = oip_grpc.request_from_message(request)
+            return oip_grpc.response_message(await oip.infer_request(self.executor, request.model_name, body, binary))
+
+        return await self._grpc(grpc_context, service_pb2.ModelInferResponse(), infer)
+
+    async def _grpc(self, grpc_context: Any, empty: Any, answer) -> Any:
+        """The answer, after the API-key check on the call's metadata; a
+        GraphError as the call's status code and details."""
+        try:
+            if self._guard is not None and grpc_context is not None:
+                await security.admit_call(*self._guard, oip_grpc.metadata_pairs(grpc_context))
+            body = answer()
+            if hasattr(body, "__await__"):
+                body = await body
+        except GraphError as error:
+            return oip_grpc.fail(grpc_context, error, empty)
+        return body
 
     # ---------------------------------------- health
 

@@ -118,6 +118,42 @@ def test_a_key_over_its_rate_gets_429_and_the_other_key_does_not(keyed_url, ray_
     assert keys["next"] not in text and keys["primary"] not in text, "metrics name keys, never their values"
 
 
+def test_grpc_calls_need_the_same_keys_as_metadata_and_share_their_rate(keyed_url, serve_config):
+    """The Open Inference Protocol over gRPC (Serve's gRPC proxy) checks the
+    app's keys in the call's `authorization` (or `x-api-key`) metadata:
+    none or a wrong one is UNAUTHENTICATED; a key spent over HTTP is spent
+    for gRPC too (one bucket per key in the replica)."""
+    import grpc
+    import numpy as np
+    import tritonclient.grpc as triton
+    from tritonclient.utils import InferenceServerException
+
+    url, keys = keyed_url
+    client = triton.InferenceServerClient(f"127.0.0.1:{serve_config['grpc_options']['port']}")
+    app = {"application": "recommend-keys"}
+    inputs = [triton.InferInput("user_id", [1], "INT64"), triton.InferInput("item_ids", [2], "INT64")]
+    inputs[0].set_data_from_numpy(np.array([5], dtype=np.int64))
+    inputs[1].set_data_from_numpy(np.array([1, 2], dtype=np.int64))
+
+    def status(headers: dict) -> str:
+        try:
+            client.infer("recommend", inputs, headers={**app, **headers}, client_timeout=30)
+        except InferenceServerException as error:
+            return error.status()
+        return str(grpc.StatusCode.OK)
+
+    try:
+        assert status({}) == str(grpc.StatusCode.UNAUTHENTICATED)
+        assert status({"authorization": "Bearer not-a-key-of-this-app"}) == str(grpc.StatusCode.UNAUTHENTICATED)
+        assert status({"authorization": f"Bearer {keys['primary']}"}) == str(grpc.StatusCode.OK)
+        assert status({"x-api-key": keys["primary"]}) == str(grpc.StatusCode.OK)
+        spent = [httpx.post(url, json=REQUEST, headers={"X-API-Key": keys["next"]}, timeout=10).status_code for _ in range(5)]
+        assert 429 in spent, spent
+        assert status({"authorization": f"Bearer {keys['next']}"}) == str(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    finally:
+        client.close()
+
+
 def test_a_callers_sampled_traceparent_traces_no_more_than_the_ratio(keyed_url, ray_cluster):
     """Forty requests say "sampled" in their traceparent. Serve's proxy and
     replica follow the caller (their spans are there for every one), but the

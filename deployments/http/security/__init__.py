@@ -29,7 +29,7 @@ from typing import Annotated, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.applications import Starlette
 
-from deployments.http.security.auth import DEFAULT_EXEMPT_PATHS, ApiKeyAuth, presented_key
+from deployments.http.security.auth import DEFAULT_EXEMPT_PATHS, ApiKeyAuth, admit_call, presented_key
 from deployments.http.security.errors import ErrorFormat, error_body
 from deployments.http.security.keys import ApiKeySource, KeyAbsent, KeyRing, KeyUnavailable
 from deployments.http.security.limits import BodyLimit
@@ -40,6 +40,7 @@ from deployments.http.security.trace_sampling import CallerSamplingCap
 
 __all__ = [
     "ApiKeyAuth",
+    "admit_call",
     "ApiKeySource",
     "BodyLimit",
     "CallerSamplingCap",
@@ -59,6 +60,7 @@ __all__ = [
     "bound_body",
     "cap_caller_sampling",
     "install",
+    "key_guard",
     "log_request_ids",
     "presented_key",
 ]
@@ -100,19 +102,29 @@ class HttpSecurity(BaseModel):
         return keys
 
 
-def install(app: Starlette, config: Optional[HttpSecurity | dict] = None) -> Starlette:
-    """Add the three middlewares to `app` in order; keys are read now, so a
-    missing env var or Secret file fails here, at start, naming the key
-    (an `optional` key that is absent is skipped, and logged by name)."""
+def key_guard(config: HttpSecurity) -> tuple[KeyRing, KeyRateLimits]:
+    """The keys and their per-key rate buckets, read now: a missing env var
+    or Secret file fails here, at start, naming the key (an `optional` key
+    that is absent is skipped, and logged by name). A replica that also
+    takes calls outside HTTP (gRPC, `admit_call`) passes the same pair to
+    `install`, so one key has one bucket whatever the protocol."""
+    limits = KeyRateLimits({key.name: key.rate_limit for key in config.api_keys if key.rate_limit is not None})
+    return KeyRing(config.api_keys), limits
+
+
+def install(app: Starlette, config: Optional[HttpSecurity | dict] = None,
+            guard: Optional[tuple[KeyRing, KeyRateLimits]] = None) -> Starlette:
+    """Add the three middlewares to `app` in order, with `guard`'s keys
+    (default: read now, `key_guard`)."""
     config = HttpSecurity.model_validate(config or {})
+    keys, limits = guard or key_guard(config)
     # add_middleware puts each one outside those added before it.
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, error_format=config.error_format)
     if config.max_in_flight is not None:
         app.add_middleware(InFlightLimit, max_in_flight=config.max_in_flight, retry_after_s=config.retry_after_s,
                            exempt_paths=config.exempt_paths, error_format=config.error_format)
-    limits = KeyRateLimits({key.name: key.rate_limit for key in config.api_keys if key.rate_limit is not None})
     app.add_middleware(
-        ApiKeyAuth, keys=KeyRing(config.api_keys), exempt_paths=config.exempt_paths, error_format=config.error_format,
+        ApiKeyAuth, keys=keys, exempt_paths=config.exempt_paths, error_format=config.error_format,
         rate_limits=limits,
     )
     app.add_middleware(RequestId, echo=config.echo_request_id)

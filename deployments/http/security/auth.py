@@ -24,6 +24,7 @@ from typing import Iterable, Optional
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from deployments.errors import GraphError
 from deployments.http.security.errors import ErrorFormat, send_error
 from deployments.http.security.keys import KeyRing
 from deployments.http.security.rate_limits import KeyRateLimits
@@ -48,6 +49,41 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> Optional[bytes]:
         elif name == b"x-api-key" and api_key is None and value.strip():
             api_key = value.strip()
     return bearer if bearer is not None else api_key
+
+
+class MissingKey(GraphError):
+    """401 for a call outside HTTP (a gRPC call: UNAUTHENTICATED)."""
+
+    status = 401
+    code = "missing_api_key"
+
+
+class InvalidKey(MissingKey):
+    code = "invalid_api_key"
+
+
+class RateLimited(GraphError):
+    """429 for a call outside HTTP (a gRPC call: RESOURCE_EXHAUSTED)."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+
+async def admit_call(keys: KeyRing, rate_limits: KeyRateLimits, headers: Iterable[tuple[bytes, bytes]]) -> Optional[str]:
+    """The ASGI middleware's rule for a call that is not ASGI (gRPC, its
+    metadata as `headers`): the matching key's name (None with keys off), or
+    MissingKey / InvalidKey / RateLimited. Same keys, same per-key buckets as the
+    replica's HTTP routes, when given the middleware's own."""
+    if not keys:
+        return None
+    key = presented_key(headers)
+    name = keys.match(key) if key is not None else None
+    if name is None:
+        raise MissingKey(_MISSING[1]) if key is None else InvalidKey(_INVALID[1])
+    retry_after_s = await rate_limits.admit(name)
+    if retry_after_s is not None:
+        raise RateLimited(f"API key {name!r} is over its rate; retry after {retry_after_s} s")
+    return name
 
 
 def printable(text: str, limit: int = 200) -> str:
