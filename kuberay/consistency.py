@@ -115,6 +115,10 @@ def problems(spec: ClusterSpec, serve_config: dict[str, Any]) -> list[str]:
     if http.get("port", 8000) != spec.rayservice.serve_port:
         found.append(f"http_options.port: {http.get('port', 8000)}, but the serve Service targets {spec.rayservice.serve_port}")
 
+    grpc_options = serve_config.get("grpc_options") or {}
+    if grpc_options.get("grpc_servicer_functions") and grpc_options.get("port", 9000) != spec.rayservice.grpc_port:
+        found.append(f"grpc_options.port: {grpc_options.get('port', 9000)}, but the serve Service targets {spec.rayservice.grpc_port}")
+
     triton = spec.triton
     vllm_url = f"http://{spec.service_host(spec.vllm.name)}:{spec.vllm.port}/v1"
     chat_url = f"http://{spec.service_host(spec.rayservice.serve_service)}:{spec.rayservice.serve_port}/v1"

@@ -66,7 +66,7 @@ def manifests(spec: ClusterSpec) -> list[dict[str, Any]]:
     service = spec.rayservice
     documents = [
         policy(spec, f"{service.name}-ray", ray_pods(spec), [
-            {"from": [_namespace(spec.network.ingress_controller_namespace), from_ray], "ports": _ports([service.serve_port])},
+            {"from": [_namespace(spec.network.ingress_controller_namespace), from_ray], "ports": _ports([service.serve_port, service.grpc_port])},
             {"from": [from_ray]},  # every port: GCS, dashboard, client, metrics, the raylets' and agents'
             {"from": [_namespace(spec.network.kuberay_operator_namespace)], "ports": _ports([DASHBOARD_PORT, AGENT_PORT])},
             {"from": [from_prometheus], "ports": _ports([METRICS_PORT])},

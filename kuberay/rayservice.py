@@ -40,8 +40,9 @@ def ray_env(spec: ClusterSpec) -> list[dict[str, Any]]:
     ]
 
 
-def _ports(serve_port: int, head: bool) -> list[dict[str, Any]]:
-    ports = [{"name": "serve", "containerPort": serve_port}, {"name": "metrics", "containerPort": METRICS_PORT}]
+def _ports(serve_port: int, grpc_port: int, head: bool) -> list[dict[str, Any]]:
+    ports = [{"name": "serve", "containerPort": serve_port}, {"name": "serve-grpc", "containerPort": grpc_port},
+             {"name": "metrics", "containerPort": METRICS_PORT}]
     if head:
         ports = [
             {"name": "gcs-server", "containerPort": GCS_PORT},
@@ -88,7 +89,7 @@ def _ray_pod(spec: ClusterSpec, container_name: str, resources: Resources, place
         "image": spec.platform_image,
         "imagePullPolicy": "IfNotPresent",
         "env": ray_env(spec),
-        "ports": _ports(serve_port, head),
+        "ports": _ports(serve_port, spec.rayservice.grpc_port, head),
         "resources": resources.manifest(),
         **_probes(serve_port, head),
         "securityContext": pods.container_security_context(spec, read_only_root=False),
@@ -179,7 +180,10 @@ def rayservice(spec: ClusterSpec, serve_config_text: str) -> dict[str, Any]:
             "excludeHeadPodFromServeSvc": True,
             "serveService": {
                 "metadata": {"name": service.serve_service, "labels": pods.labels("serve", service.name)},
-                "spec": {"type": "ClusterIP", "ports": [{"name": "serve", "port": service.serve_port, "targetPort": service.serve_port}]},
+                "spec": {"type": "ClusterIP", "ports": [
+                    {"name": "serve", "port": service.serve_port, "targetPort": service.serve_port},
+                    {"name": "serve-grpc", "port": service.grpc_port, "targetPort": service.grpc_port, "appProtocol": "grpc"},
+                ]},
             },
             "serveConfigV2": serve_config_text,
             "rayClusterConfig": {

@@ -203,6 +203,7 @@ class RayServiceSpec(Strict):
     ray_version: str = Field(pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$")
     upgrade_strategy: Literal["NewCluster", "NewClusterWithIncrementalUpgrade", "None"] = "NewCluster"
     serve_port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int = Field(9000, ge=1, le=65535, description="Serve's gRPC proxy (the Open Inference Protocol over gRPC).")
     serve_service: str = Field(pattern=DNS_1035, description="Name of the Service in front of the Serve proxies.")
     env: dict[str, str] = Field(default_factory=dict, description="Plain (non-secret) environment of every Ray container.")
     head: Head

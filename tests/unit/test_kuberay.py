@@ -179,6 +179,26 @@ def test_ingress_routes_to_the_serve_service(objects, rayservice):
     assert backend["name"] == rayservice["spec"]["serveService"]["metadata"]["name"]
 
 
+
+def test_the_serve_service_exposes_the_grpc_proxy_and_the_policy_lets_callers_in(objects, rayservice):
+    """The Open Inference Protocol over gRPC: the cluster's Serve config starts
+    the gRPC proxy on the port the serve Service, the worker containers and the
+    Ray pods' NetworkPolicy all open."""
+    import yaml as _yaml
+
+    serve = _yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+    port = serve["grpc_options"]["port"]
+    assert serve["grpc_options"]["grpc_servicer_functions"] == [
+        "tritonclient.grpc.service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"]
+    service_ports = {p["name"]: p for p in rayservice["spec"]["serveService"]["spec"]["ports"]}
+    assert service_ports["serve-grpc"]["targetPort"] == port and service_ports["serve-grpc"]["appProtocol"] == "grpc"
+    for group in rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+        container = group["template"]["spec"]["containers"][0]
+        assert {"name": "serve-grpc", "containerPort": port} in container["ports"]
+    (ray_policy,) = [p for p in objects["network-policies.yaml"] if p["metadata"]["name"].endswith("-ray")]
+    from_callers = ray_policy["spec"]["ingress"][0]
+    assert {"protocol": "TCP", "port": port} in from_callers["ports"]
+
 # --- CRD schema: strict about unknown fields, types, enums, formats ---------------------------
 
 WORKER0 = "spec.rayClusterConfig.workerGroupSpecs[0]"
@@ -227,7 +247,7 @@ def test_int_or_string_accepts_both_and_nothing_else(rayservice):
 def test_duplicate_keys_of_a_map_list_are_rejected(rayservice):
     ports = rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]
     ports.append({"name": "serve-again", "containerPort": 8000})
-    assert_rejected(rayservice, "spec.rayClusterConfig.headGroupSpec.template.spec.containers[0].ports[5]", "duplicate entry")
+    assert_rejected(rayservice, f"spec.rayClusterConfig.headGroupSpec.template.spec.containers[0].ports[{len(ports) - 1}]", "duplicate entry")
 
 
 def test_serve_config_v2_must_be_a_string_not_a_mapping(rayservice):
@@ -504,6 +524,7 @@ def _serve_text(edit) -> str:
          "applications[1].args.model.registry_uri"),
         (lambda c: c["applications"][0]["args"]["graph"]["nodes"]["explain"]["config"].update(model="other"), "the vLLM server serves 'smollm2'"),
         (lambda c: c["http_options"].update(host="127.0.0.1"), "Serve must listen on 0.0.0.0"),
+        (lambda c: c["grpc_options"].update(port=9100), "grpc_options.port: 9100, but the serve Service targets 9000"),
         (lambda c: c["applications"][1]["deployments"][0]["autoscaling_config"].update(max_replicas=9),
          "Serve may scale GPU engines to 9 L4 GPUs, but the worker groups declaring them (accelerator_type) have at most 4"),
         (lambda c: c["applications"][1]["args"]["model"].update(accelerator_type="A100"),
