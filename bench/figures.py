@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.loadgen import ClosedLoop
+from bench.loadgen import ClosedLoop, GrpcClosedLoop
 from bench.outcomes import Outcome
 
 # Generous: a benchmark measures a server that answers, and a request this
@@ -60,6 +60,20 @@ def v2_payload(rng: random.Random) -> dict:
     ]}
 
 
+def grpc_payload(rng: random.Random):
+    """The same request as `payload`, as a ModelInferRequest of the Open
+    Inference Protocol's gRPC service, tensors in `raw_input_contents` (as
+    `tritonclient.grpc` sends them)."""
+    from tritonclient.grpc import service_pb2
+
+    body = payload(rng)
+    request = service_pb2.ModelInferRequest(model_name="recommend")
+    for name, values in (("user_id", [body["user_id"]]), ("item_ids", body["item_ids"]), ("k", [body["k"]])):
+        request.inputs.add(name=name, datatype="INT64", shape=[len(values)])
+        request.raw_input_contents.append(np.asarray(values, dtype="<i8").tobytes())
+    return request
+
+
 async def run(url: str, concurrency: int, seconds: float, warmup: int = 20,
               make_payload: Callable[[random.Random], dict] = payload) -> Result:
     """`warmup` requests one after another (not measured), then `concurrency`
@@ -75,7 +89,8 @@ async def run_outcomes(url: str, concurrency: int, seconds: float, warmup: int =
     """`run`'s outcomes and its measured seconds, to be pooled with other
     runs' (one Result of several interleaved slices). `seed` offsets the
     clients' generators, so that slices send different requests."""
-    load = ClosedLoop(url, concurrency, REQUEST_TIMEOUT_S)
+    load = (GrpcClosedLoop(url.removeprefix("grpc://"), concurrency, REQUEST_TIMEOUT_S, headers={"application": "recommend"})
+            if url.startswith("grpc://") else ClosedLoop(url, concurrency, REQUEST_TIMEOUT_S))
     outcomes: list[Outcome] = []
     async with load.client() as client:
         rng = random.Random(concurrency + seed)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,3 +94,39 @@ class ClosedLoop:
         async with asyncio.TaskGroup() as group:
             for index in range(self.clients):
                 group.create_task(one_client(index))
+
+
+# A gRPC status as the HTTP status the apps would answer, for the outcomes'
+# classes (deployments/graph/oip_grpc.py maps the other way).
+_HTTP_STATUS_OF_GRPC = {"INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "NOT_FOUND": 404,
+                        "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503}
+
+
+@dataclass(frozen=True)
+class GrpcClosedLoop(ClosedLoop):
+    """The same closed loop over the Open Inference Protocol's gRPC service:
+    `url` is host:port, `headers` the calls' metadata (`application`), each
+    body a ModelInferRequest. One channel (one HTTP/2 connection) carries all
+    clients' calls, as one `tritonclient.grpc` client would."""
+
+    @asynccontextmanager
+    async def client(self):  # type: ignore[override]
+        import grpc
+        from tritonclient.grpc import service_pb2_grpc
+
+        async with grpc.aio.insecure_channel(self.url) as channel:
+            yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+    async def send(self, client: Any, body: Any) -> Outcome:
+        import grpc
+
+        started = time.monotonic()
+        try:
+            await client.ModelInfer(body, metadata=tuple(self.headers.items()), timeout=self.request_timeout_s)
+        except grpc.aio.AioRpcError as error:
+            ended = time.monotonic()
+            if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return outcome_of_error(TimeoutError(error.details()), started, ended)
+            status = _HTTP_STATUS_OF_GRPC.get(error.code().name, 500)
+            return outcome_of_response(status, {}, (error.details() or "").encode(), started, ended)
+        return outcome_of_response(200, {}, b"", started, time.monotonic())

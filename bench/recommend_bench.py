@@ -17,8 +17,8 @@ whichever ran in a slow minute. Each platform variant is a separate
 `serve run` with its own environment and config: the shipped one
 (`platform`), the same with batching across requests off
 (`platform-no-batching`), and, with `--variants`, the shipped one called
-through the Open Inference Protocol's REST route (`platform-v2-rest`) and
-Ray Serve's defaults without the fast ingress (`serve-defaults`,
+through the Open Inference Protocol's REST route (`platform-v2-rest`) or
+its gRPC service on Serve's gRPC proxy (`platform-v2-grpc`), and Ray Serve's defaults without the fast ingress (`serve-defaults`,
 `serve-throughput-optimized`), so what each option changes is visible. The
 baseline also runs under two uvicorn workers alongside the first variant
 (`baseline-2-workers`, a row for reference: the shipped platform scales its
@@ -50,7 +50,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.cpu import spent, tree_cpu  # noqa: E402
-from bench.figures import Result, payload, run, run_outcomes, v2_payload  # noqa: E402
+from bench.figures import Result, grpc_payload, payload, run, run_outcomes, v2_payload  # noqa: E402
 from local_stack.bootstrap import ensure  # noqa: E402
 from local_stack.paths import PROJECT_ROOT, StackPaths  # noqa: E402
 from local_stack.processes import default_sigint, stop_group  # noqa: E402
@@ -71,6 +71,7 @@ def variants() -> dict[str, tuple[dict[str, str], bool]]:
     return {
         "platform": (local_ray_env(fast_ingress=True), True),
         "platform-v2-rest": (local_ray_env(fast_ingress=True), True),
+        "platform-v2-grpc": (local_ray_env(fast_ingress=True), True),
         "platform-no-batching": (local_ray_env(fast_ingress=True), False),
         "serve-defaults": (local_ray_env(fast_ingress=False), True),
         "serve-throughput-optimized": (local_ray_env(fast_ingress=False) | {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}, True),
@@ -113,6 +114,8 @@ class Server:
 
     @property
     def make_payload(self):
+        if self.url.startswith("grpc://"):
+            return grpc_payload
         return v2_payload if self.url.endswith(V2) else payload
 
 
@@ -202,6 +205,8 @@ def platform_server(name: str, triton: TritonServer, env: dict[str, str], batchi
         wait_ok(url, process)
         if name.endswith("-v2-rest"):
             url += V2
+        if name.endswith("-v2-grpc"):  # Serve's gRPC proxy, the graph's GRPCInferenceService
+            url = f"grpc://127.0.0.1:{config['grpc_options']['port']}"
         yield Server(name, url, {"server": process.pid, "triton": triton.process.pid})
     finally:
         stop_group(process, signal.SIGINT, timeout_s=40)  # serve run shuts its own cluster down

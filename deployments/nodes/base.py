@@ -108,6 +108,13 @@ class NodeSpec(Strict):
     # The kind merges calls when `batch` is given (its node takes it).
     batches: ClassVar[bool] = False
 
+    # CPUs a replica of the node placed apart reserves unless its
+    # ray_actor_options say: a whole one for kinds that compute in the replica
+    # (a PyTorch model, user code), a quarter for kinds that mostly wait on a
+    # remote backend (Feast, Triton, an LLM server), as graph ingresses do: a
+    # laptop's 2-CPU Ray head then holds the demo's apps and a user's own.
+    default_num_cpus: ClassVar[float] = 1.0
+
     # The input names the kind needs / may take besides; None: any (the kind checks them).
     required_inputs: ClassVar[frozenset[str]] = frozenset()
     optional_inputs: ClassVar[Optional[frozenset[str]]] = frozenset()
@@ -135,8 +142,8 @@ class NodeSpec(Strict):
         for key in ("num_replicas", "autoscaling_config", "max_ongoing_requests"):
             if getattr(self, key) is not None:
                 options[key] = getattr(self, key)
-        if self.ray_actor_options is not None:
-            options["ray_actor_options"] = self.ray_actor_options.model_dump(exclude_none=True)
+        actor_options = self.ray_actor_options.model_dump(exclude_none=True) if self.ray_actor_options is not None else {}
+        options["ray_actor_options"] = {"num_cpus": self.default_num_cpus, **actor_options}
         return options
 
     @model_validator(mode="after")

@@ -329,6 +329,7 @@ class FeatureLookupNode(NodeSpec):
     config: FeatureLookupConfig = Field(default_factory=FeatureLookupConfig)
     optional_inputs: ClassVar[Optional[frozenset[str]]] = None  # the join keys, known once the store is open
     batches: ClassVar[bool] = True
+    default_num_cpus: ClassVar[float] = 0.25  # waits on the online store
 
     def build(self, name: str, companion: Any = None) -> Node:
         return FeatureLookupRunner(name, self)

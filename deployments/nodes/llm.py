@@ -18,7 +18,7 @@ import asyncio
 import os
 import string
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
@@ -172,6 +172,7 @@ class LLMNode(NodeSpec):
     kind: Literal["llm"]
     config: LLMNodeConfig
     prompt_template: PromptTemplate = Field(min_length=1)
+    default_num_cpus: ClassVar[float] = 0.25  # waits on the LLM server or its engine deployment
 
     def inputs_taken(self) -> tuple[set[str], Optional[set[str]]]:
         return template_fields(self.prompt_template), set()

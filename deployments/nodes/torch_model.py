@@ -5,6 +5,11 @@ TorchServe role), loaded from the MLflow registry by alias.
 config (never MLflow's process-wide default URI), the version's artifacts are
 downloaded and loaded with `mlflow.pytorch.load_model`. The version's
 `input_features` tag gives the input column order, as for the Triton node.
+With `alias_poll_s` the alias is read again every so often, as the Triton
+node does: a moved alias's version is downloaded and loaded beside the one
+serving (in a thread: requests go on), then swapped in at once. Each request
+takes the version once, so none mixes two, and a version that fails to load
+is refused loudly while the old one keeps serving.
 A registered version without a `pytorch` flavor (an ONNX-only export, like
 the local stack's `ranker`) fails at load with that reason.
 
@@ -20,6 +25,8 @@ their rows, split back per request. A request whose rows the model refuses
 from __future__ import annotations
 
 import asyncio
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
@@ -31,6 +38,8 @@ from deployments.nodes.batching import BatchConfig, Batcher, Failed
 from deployments.nodes.feature_lookup import FeatureFrame
 from deployments.registry import ModelRef, download_version, resolve_alias, served
 
+logger = logging.getLogger(__name__)
+
 
 class TorchModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -41,6 +50,9 @@ class TorchModelConfig(BaseModel):
     device: Literal["cpu", "cuda"] = Field("cpu", description="cuda needs a GPU: only with placement: deployment.")
     input_features: Optional[list[str]] = Field(
         None, description="Input column order; default: the version's `input_features` tag."
+    )
+    alias_poll_s: Optional[float] = Field(
+        None, gt=0, description="Re-resolve the alias this often and load its new version live; once at start when absent."
     )
 
 
@@ -65,40 +77,99 @@ def _inference_module(loaded: Any) -> Any:
         return loaded
 
 
+@dataclass(frozen=True)
+class LoadedVersion:
+    """One registered version, loaded: what a request scores with, start to end."""
+
+    ref: ModelRef
+    module: Any
+    input_features: Optional[list[str]]
+
+
 class TorchModel(Node):
     backend = "torch"
     records_scores = True
 
     def __init__(self, config: TorchModelConfig, name: str = "torch_model", batch: Optional[BatchConfig] = None):
-        import mlflow.pytorch
         import torch
 
         self.config = config
-        self.ref: ModelRef = resolve_alias(config.registry_uri, config.model, config.alias)
-        path = download_version(config.registry_uri, config.model, self.ref.version)
+        self.device = torch.device(config.device)
+        self.loaded = self.load(resolve_alias(config.registry_uri, config.model, config.alias))
+        self.rollout_problem: Optional[str] = None  # why the alias's current target is not loaded
+        self._poller: Optional[asyncio.Task] = None
+        self.score = self._score_one if batch is None else Batcher(name, batch, self._score_many, rows=lambda item: len(item[1]))
+
+    @property
+    def ref(self) -> ModelRef:
+        return self.loaded.ref
+
+    @property
+    def input_features(self) -> Optional[list[str]]:
+        return self.loaded.input_features
+
+    def load(self, ref: ModelRef) -> LoadedVersion:
+        """Download and load `ref`'s version (blocking: the poller runs it in a thread)."""
+        import mlflow.pytorch
+
+        path = download_version(self.config.registry_uri, self.config.model, ref.version)
         found = flavors(path)
         if "pytorch" not in found:
             raise NotATorchModel(
-                f"{config.model} version {self.ref.version} (@{config.alias}) has no pytorch flavor "
+                f"{self.config.model} version {ref.version} (@{self.config.alias}) has no pytorch flavor "
                 f"(flavors: {', '.join(found)}): log it with mlflow.pytorch.log_model"
             )
-        self.input_features = config.input_features or self.ref.input_features
-        self.device = torch.device(config.device)
-        self.module = _inference_module(mlflow.pytorch.load_model(str(path), map_location=self.device))
-        self.score = self._score_one if batch is None else Batcher(name, batch, self._score_many, rows=len)
+        module = _inference_module(mlflow.pytorch.load_model(str(path), map_location=self.device))
+        return LoadedVersion(ref, module, self.config.input_features or ref.input_features)
 
-    def matrix(self, features: Any) -> np.ndarray:
+    def current(self) -> LoadedVersion:
+        """The version for one request, taken once (the poller starts on the first)."""
+        if self.config.alias_poll_s and self._poller is None:
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+        return self.loaded
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.alias_poll_s)
+            try:
+                await self.refresh()
+            except Exception as error:  # the registry down: keep serving what we have
+                self.rollout_problem = f"registry: {type(error).__name__}: {error}"
+                logger.warning("%s@%s: %s; still serving version %s", self.config.model, self.config.alias,
+                               self.rollout_problem, self.ref.version)
+
+    async def refresh(self) -> ModelRef:
+        """Follow the alias now: its version loaded beside the serving one, then swapped in."""
+        new = await asyncio.to_thread(resolve_alias, self.config.registry_uri, self.config.model, self.config.alias)
+        if new.version == self.ref.version:
+            self.rollout_problem = None
+            return self.ref
+        try:
+            loaded = await asyncio.to_thread(self.load, new)
+        except Exception as error:
+            problem = (f"{new.name}@{new.alias} points to version {new.version}, which does not load "
+                       f"({type(error).__name__}: {error}); still serving version {self.ref.version}")
+            if problem != self.rollout_problem:
+                logger.error(problem)
+            self.rollout_problem = problem
+            return self.ref
+        logger.info("%s@%s: version %s -> %s", new.name, new.alias, self.ref.version, new.version)
+        self.loaded, self.rollout_problem = loaded, None
+        return new
+
+    def matrix(self, loaded: LoadedVersion, features: Any) -> np.ndarray:
         if isinstance(features, FeatureFrame):
-            if not self.input_features:
-                raise ValueError(f"{self.config.model} v{self.ref.version}: no input_features recorded or configured")
-            return features.matrix(self.input_features)
+            if not loaded.input_features:
+                raise ValueError(f"{self.config.model} v{loaded.ref.version}: no input_features recorded or configured")
+            return features.matrix(loaded.input_features)
         return np.asarray(features, dtype=np.float32)
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def infer(self, batch: np.ndarray, loaded: Optional[LoadedVersion] = None) -> np.ndarray:
         import torch
 
+        module = (loaded or self.loaded).module
         with torch.inference_mode():
-            out = self.module(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device))
+            out = module(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device))
         return out.reshape(len(batch)).cpu().numpy()
 
     def fields(self) -> set[str]:
@@ -106,26 +177,49 @@ class TorchModel(Node):
 
     async def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """{"features": a FeatureFrame or a matrix} -> {"scores": [...], "model": name/version/alias}."""
-        scores = await self.score(self.matrix(inputs["features"]))
-        return {"scores": scores.tolist(), "model": served(self.ref).model_dump()}
+        loaded = self.current()
+        scores = await self.score((loaded, self.matrix(loaded, inputs["features"])))
+        return {"scores": scores.tolist(), "model": served(loaded.ref).model_dump()}
 
-    async def _score_one(self, rows: np.ndarray) -> np.ndarray:
-        return await asyncio.to_thread(self.infer, rows)
+    async def ready(self) -> tuple[bool, str]:
+        """Ready once loaded (there is no backend to lose); the detail names the version and any refused one."""
+        detail = f"{self.ref.name} v{self.ref.version} (@{self.config.alias}) loaded"
+        return True, detail if self.rollout_problem is None else f"{detail}; {self.rollout_problem}"
 
-    async def _score_many(self, matrices: list[np.ndarray]) -> list[Any]:
-        """One forward pass of every request's rows, split back; when it
-        fails, each request alone, so that a request the model refuses fails
-        by itself."""
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            self._poller = None
+
+    async def _score_one(self, item: tuple[LoadedVersion, np.ndarray]) -> np.ndarray:
+        loaded, rows = item
+        return await asyncio.to_thread(self.infer, rows, loaded)
+
+    async def _score_many(self, items: list[tuple[LoadedVersion, np.ndarray]]) -> list[Any]:
+        """One forward pass per version of the requests' rows, split back
+        (a batch that spans a swap keeps each request on its own version);
+        when a pass fails, each of its requests alone, so that a request the
+        model refuses fails by itself."""
+        results: list[Any] = [None] * len(items)
+        by_version: dict[str, list[int]] = {}
+        for position, (loaded, _) in enumerate(items):
+            by_version.setdefault(loaded.ref.version, []).append(position)
+        for positions in by_version.values():
+            loaded = items[positions[0]][0]
+            try:
+                scores = await asyncio.to_thread(self.infer, np.concatenate([items[p][1] for p in positions]), loaded)
+            except Exception:
+                for p in positions:
+                    results[p] = await self._alone(items[p])
+                continue
+            ends = np.cumsum([len(items[p][1]) for p in positions])
+            for p, part in zip(positions, np.split(scores, ends[:-1])):
+                results[p] = part
+        return results
+
+    async def _alone(self, item: tuple[LoadedVersion, np.ndarray]) -> Any:
         try:
-            scores = await asyncio.to_thread(self.infer, np.concatenate(matrices))
-        except Exception:
-            return [await self._alone(rows) for rows in matrices]
-        ends = np.cumsum([len(rows) for rows in matrices])
-        return np.split(scores, ends[:-1])
-
-    async def _alone(self, rows: np.ndarray) -> Any:
-        try:
-            return await self._score_one(rows)
+            return await self._score_one(item)
         except Exception as error:
             return Failed(error)
 

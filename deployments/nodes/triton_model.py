@@ -214,6 +214,7 @@ class TritonModelNode(NodeSpec):
     config: TritonModelConfig
     required_inputs: ClassVar[frozenset[str]] = frozenset({"features"})
     batches: ClassVar[bool] = True
+    default_num_cpus: ClassVar[float] = 0.25  # waits on Triton
 
     def build(self, name: str, companion: Any = None) -> Node:
         return TritonRunner(name, self)

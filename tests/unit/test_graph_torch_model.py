@@ -77,11 +77,11 @@ def batched_scorer(uri):
     model.passes, model.first_pass_may_end = [], threading.Event()
     forward = model.infer
 
-    def counted(rows):
+    def counted(rows, loaded=None):
         model.passes.append(len(rows))
         if len(model.passes) == 1:
             model.first_pass_may_end.wait(10)
-        return forward(rows)
+        return forward(rows, loaded)
 
     model.infer = counted
     return model
@@ -133,3 +133,59 @@ def test_batch_is_taken_by_the_torch_node_in_a_graph_spec(registry):
     args = graph_args(nodes, sequence("rows", "scorer"), {"scores": "scorer.scores"}, {"rows": {"type": "list[float]"}})
     answer = asyncio.run(in_process(args).run({"rows": [0.0, 0.0, 0.0, 1.0, 2.0, 3.0]}))
     assert len(answer.output["scores"]) == 2
+
+
+def test_a_moved_alias_is_loaded_beside_the_serving_version_then_swapped_in(registry):
+    """With alias_poll_s the node follows a moved alias: requests before the
+    move score with version 1, after it with version 2, each answer's scores
+    those of the version it names; an alias moved to a version that does not
+    load is refused (the old one serves on, the reason in readiness)."""
+    import mlflow
+    import torch
+    from mlflow import MlflowClient
+
+    uri, first = registry
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    torch.manual_seed(5)
+    second = torch.nn.Sequential(torch.nn.Linear(3, 1), torch.nn.Sigmoid()).eval()
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("scorer").experiment_id):
+        info = mlflow.pytorch.log_model(second, name="model", input_example=np.zeros((2, 3), dtype=np.float32), registered_model_name="scorer")
+    mlflow.set_tracking_uri("")
+    v2 = str(info.registered_model_version)
+    client.set_model_version_tag("scorer", v2, "input_features", json.dumps(["a", "b", "c"]))
+    broken = client.create_model_version("scorer", source=f"{uri.removeprefix('sqlite:///').rsplit('/', 1)[0]}/missing").version
+    client.set_registered_model_alias("scorer", "moving", "1")
+    batch = np.random.default_rng(3).normal(size=(4, 3)).astype(np.float32)
+
+    def expected(net):
+        with torch.no_grad():
+            return net(torch.from_numpy(batch)).squeeze(1).tolist()
+
+    async def follow():
+        model = TorchModel(TorchModelConfig(model="scorer", alias="moving", registry_uri=uri, alias_poll_s=0.05))
+        answers = [await model.run({"features": batch})]
+        client.set_registered_model_alias("scorer", "moving", v2)
+        for _ in range(200):
+            answers.append(await model.run({"features": batch}))
+            if answers[-1]["model"]["version"] == v2:
+                break
+            await asyncio.sleep(0.05)
+        client.set_registered_model_alias("scorer", "moving", str(broken))
+        for _ in range(200):
+            ready, detail = await model.ready()
+            if "does not load" in detail:
+                break
+            await asyncio.sleep(0.05)
+        answers.append(await model.run({"features": batch}))
+        await model.close()
+        return answers, ready, detail
+
+    answers, ready, detail = asyncio.run(follow())
+    client.delete_registered_model_alias("scorer", "moving")
+    for answer in answers:
+        net = first if answer["model"]["version"] == "1" else second
+        assert answer["scores"] == pytest.approx(expected(net), abs=1e-6)
+    assert answers[0]["model"]["version"] == "1" and answers[-2]["model"]["version"] == v2
+    assert answers[-1]["model"]["version"] == v2  # the broken version refused: v2 serves on
+    assert ready and f"points to version {broken}, which does not load" in detail and f"still serving version {v2}" in detail

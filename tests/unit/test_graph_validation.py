@@ -168,3 +168,22 @@ def test_extra_keys_are_refused():
     args = graph_args(NODES, sequence("d"), {"y": "d"})
     args["graph"]["flow"]["stesp"] = []
     assert problems(args) == {"graph.flow.sequence.stesp": "Extra inputs are not permitted"}
+
+
+def test_a_node_placed_apart_reserves_a_cpu_to_compute_and_a_quarter_to_wait_on_a_backend():
+    """Kinds that compute in the replica (user code, a PyTorch model) take a
+    whole CPU unless told; kinds that wait on a remote backend (Triton, Feast,
+    an LLM server) a quarter, as graph ingresses do; what the node's
+    ray_actor_options say wins."""
+    from deployments.nodes import TritonModelNode
+
+    python = parse_args(graph_args({"d": {**py("double", value="request.x"), "placement": "deployment"}}, sequence("d"), {"y": "d"}))
+    assert python.graph.nodes["d"].deployment_options("d")["ray_actor_options"] == {"num_cpus": 1.0}
+
+    def triton(**extra):
+        spec = {"kind": "triton_model", "config": {"model": "ranker"}, "inputs": {"features": "features"}, "placement": "deployment"}
+        return TritonModelNode.model_validate({**spec, **extra}).deployment_options("ranker")["ray_actor_options"]
+
+    assert triton() == {"num_cpus": 0.25}
+    assert triton(ray_actor_options={"num_gpus": 1}) == {"num_cpus": 0.25, "num_gpus": 1}
+    assert triton(ray_actor_options={"num_cpus": 2}) == {"num_cpus": 2}
