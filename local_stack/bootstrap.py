@@ -70,6 +70,9 @@ def ensure(paths: StackPaths = StackPaths(), force: bool = False) -> StackPaths:
     if not train.is_registered(paths):
         with step(f"train ranker, export ONNX, register in MLflow -> {paths.mlflow_db}"):
             train.train_and_register(paths)
+    if not train.is_registered(paths, train.TORCH_MODEL_NAME):
+        with step(f"train the ranker again, register it with mlflow.pytorch as {train.TORCH_MODEL_NAME} (the torch_model node's)"):
+            train.register_torch_ranker(paths)
     if not train.references_logged(paths):
         with step(f"the training features' sample as {train.REFERENCE_ARTIFACT} of each ranker version"):
             print(f"    versions {', '.join(train.ensure_references(paths))}")

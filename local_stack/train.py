@@ -2,7 +2,9 @@
 ONNX and register it in MLflow as model `ranker` with aliases.
 
 Two versions are trained (a small and a larger network) so that the
-registry has a `champion` and a `challenger` to route between.
+registry has a `champion` and a `challenger` to route between. The same two
+are trained again and logged with `mlflow.pytorch` as `ranker_torch`, for
+the `torch_model` node.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -112,13 +115,8 @@ def export_onnx(net, n_inputs: int, path: Path) -> None:
     )
 
 
-def train_and_register(paths: StackPaths) -> dict[str, str]:
-    """Returns {alias: version}."""
-    import mlflow
-    import onnx
-    from mlflow import MlflowClient
-
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+def _split(paths: StackPaths) -> tuple[Any, list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """(frame, feature columns, x, y, held-out mask by user): the same split for every model trained here."""
     frame, columns = training_frame(paths)
     users = frame["user_id"].unique()
     test_users = set(np.random.default_rng(0).choice(users, size=len(users) // 5, replace=False))
@@ -126,12 +124,27 @@ def train_and_register(paths: StackPaths) -> dict[str, str]:
     x = frame[columns].to_numpy(np.float32)
     y = frame["label"].to_numpy(np.int64)
     print(f"    {len(frame)} interactions ({is_test.sum()} held out by user), {len(columns)} features, click rate {y.mean():.3f}")
+    return frame, columns, x, y, is_test
+
+
+def _experiment(paths: StackPaths, name: str) -> None:
+    import mlflow
 
     mlflow.set_tracking_uri(paths.mlflow_uri)
-    experiment = "ranker"
-    if mlflow.get_experiment_by_name(experiment) is None:
-        mlflow.create_experiment(experiment, artifact_location=paths.mlflow_artifacts.as_uri())
-    mlflow.set_experiment(experiment)
+    if mlflow.get_experiment_by_name(name) is None:
+        mlflow.create_experiment(name, artifact_location=paths.mlflow_artifacts.as_uri())
+    mlflow.set_experiment(name)
+
+
+def train_and_register(paths: StackPaths) -> dict[str, str]:
+    """Returns {alias: version}."""
+    import mlflow
+    import onnx
+    from mlflow import MlflowClient
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    frame, columns, x, y, is_test = _split(paths)
+    _experiment(paths, "ranker")
     client = MlflowClient()
     aliases = {}
     for recipe in RECIPES:
@@ -226,7 +239,39 @@ def _mark_if_logged(paths: StackPaths) -> bool:
     return True
 
 
-def is_registered(paths: StackPaths) -> bool:
+# The same recipes trained again and logged with mlflow.pytorch: the model a
+# `torch_model` node runs in its own Serve deployment (the seed's CPU-only
+# TorchServe role; configs/local.yaml's ensemble app), versions and aliases
+# as the ONNX ranker's.
+TORCH_MODEL_NAME = "ranker_torch"
+
+
+def register_torch_ranker(paths: StackPaths) -> dict[str, str]:
+    """Returns {alias: version} of `ranker_torch`."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    _, columns, x, y, is_test = _split(paths)
+    _experiment(paths, TORCH_MODEL_NAME)
+    client = MlflowClient()
+    aliases = {}
+    for recipe in RECIPES:
+        net, held_out = train_one(recipe, x[~is_test], y[~is_test], x[is_test], y[is_test])
+        with mlflow.start_run(run_name=f"{TORCH_MODEL_NAME}-{recipe.alias}"):
+            mlflow.log_params({"hidden": recipe.hidden, "epochs": recipe.epochs, "seed": recipe.seed})
+            mlflow.log_metric("held_out_auc", held_out)
+            info = mlflow.pytorch.log_model(net, name="model", input_example=x[:2], registered_model_name=TORCH_MODEL_NAME)
+        version = str(info.registered_model_version)
+        client.set_model_version_tag(TORCH_MODEL_NAME, version, "input_features", json.dumps(columns))
+        client.set_model_version_tag(TORCH_MODEL_NAME, version, "feature_service", FEATURE_SERVICE)
+        client.set_registered_model_alias(TORCH_MODEL_NAME, recipe.alias, version)
+        aliases[recipe.alias] = version
+        print(f"    registered {TORCH_MODEL_NAME} version {version} as @{recipe.alias} (held-out AUC {held_out:.4f})", flush=True)
+    return aliases
+
+
+def is_registered(paths: StackPaths, name: str = MODEL_NAME) -> bool:
     if not paths.mlflow_db.exists():
         return False
     from mlflow import MlflowClient
@@ -234,7 +279,7 @@ def is_registered(paths: StackPaths) -> bool:
 
     client = MlflowClient(tracking_uri=paths.mlflow_uri, registry_uri=paths.mlflow_uri)
     try:
-        model = client.get_registered_model(MODEL_NAME)
+        model = client.get_registered_model(name)
     except MlflowException:
         return False
     return all(r.alias in model.aliases for r in RECIPES)

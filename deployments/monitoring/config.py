@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MODEL_KINDS = ("triton_model", "torch_model")
+MODEL_KINDS = ("triton_model", "v2_model", "torch_model")
 
 
 class DriftConfig(BaseModel):

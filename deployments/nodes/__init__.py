@@ -9,11 +9,12 @@ from deployments.nodes.llm import LLMNode
 from deployments.nodes.outlier import OutlierNode
 from deployments.nodes.python import PythonNode
 from deployments.nodes.torch_model import TorchModelNode
-from deployments.nodes.triton_model import TritonModelNode
+from deployments.nodes.v2_model import TritonModelNode, V2ModelNode
 
 KINDS: tuple[type[NodeSpec], ...] = (
     FeatureLookupNode,
     TritonModelNode,
+    V2ModelNode,
     TorchModelNode,
     LLMNode,
     AggregateNode,
@@ -23,5 +24,5 @@ KINDS: tuple[type[NodeSpec], ...] = (
 
 __all__ = [
     "KINDS", "Node", "NodeSpec",
-    "AggregateNode", "FeatureLookupNode", "LLMNode", "OutlierNode", "PythonNode", "TorchModelNode", "TritonModelNode",
+    "AggregateNode", "FeatureLookupNode", "LLMNode", "OutlierNode", "PythonNode", "TorchModelNode", "TritonModelNode", "V2ModelNode",
 ]

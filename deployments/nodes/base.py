@@ -102,7 +102,7 @@ class NodeSpec(Strict):
     ray_actor_options: Optional[RayActorOptions] = Field(None, description="placement: deployment only (GPUs, CPUs, memory).")
     batch: Optional[BatchConfig] = Field(
         None, description="Merge concurrent requests' calls into one backend call (deployments/nodes/batching.py); "
-        "kinds that can: feature_lookup, triton_model, torch_model, python.",
+        "kinds that can: feature_lookup, triton_model, v2_model, torch_model, python.",
     )
 
     # The kind merges calls when `batch` is given (its node takes it).

@@ -13,7 +13,7 @@ import pytest
 
 from deployments.errors import BackendTimeout, BackendUnavailable, NotFound
 from deployments.nodes.feature_lookup import FeatureLookupConfig, FeatureLookupNode
-from deployments.nodes.triton_model import TritonModelConfig, TritonModelNode
+from deployments.nodes.v2_model import V2ModelConfig, TritonModelNode
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,7 @@ def features_node(stack, batch=BATCH):
 
 
 def ranker_node(stack, triton, batch=BATCH):
-    return TritonModelNode(kind="triton_model", config=TritonModelConfig(url=triton.grpc_url, registry_uri=stack.mlflow_uri),
+    return TritonModelNode(kind="triton_model", config=V2ModelConfig(url=triton.grpc_url, registry_uri=stack.mlflow_uri),
                            inputs={"features": "features"}, batch=batch)
 
 
@@ -142,7 +142,7 @@ def test_requests_batched_behind_a_frozen_triton_fail_with_backend_timeout_withi
     batch's)."""
     timeout_s = 1.0
     node = TritonModelNode(kind="triton_model", inputs={"features": "features"}, batch=BATCH,
-                           config=TritonModelConfig(url=triton.grpc_url, registry_uri=stack.mlflow_uri, timeout_s=timeout_s)).build("ranker")
+                           config=V2ModelConfig(url=triton.grpc_url, registry_uri=stack.mlflow_uri, timeout_s=timeout_s)).build("ranker")
     rows = np.zeros((4, 12), dtype=np.float32)
 
     async def timed(delay_s):

@@ -86,12 +86,12 @@ def test_http_protocol_gives_the_same_scores_as_grpc(triton, stack, serve_config
     """The Triton node speaks both protocols against the same server."""
     import asyncio
 
-    from deployments.nodes.triton_model import TritonModel, TritonModelConfig
+    from deployments.nodes.v2_model import V2Model, V2ModelConfig
 
     batch = np.random.default_rng(0).random((5, 12), dtype=np.float32)
 
     async def score(protocol: str, url: str) -> np.ndarray:
-        node = TritonModel(TritonModelConfig(url=url, protocol=protocol, registry_uri=stack.mlflow_uri))
+        node = V2Model(V2ModelConfig(url=url, protocol=protocol, registry_uri=stack.mlflow_uri))
         try:
             assert (await node.ready())[0]
             return await node.infer(batch)
@@ -113,7 +113,7 @@ def test_a_triton_slow_to_answer_a_new_connection_is_waited_for(triton, stack):
     addresses" during an in-place update under load.)"""
     import asyncio
 
-    from deployments.nodes.triton_model import TritonModel, TritonModelConfig
+    from deployments.nodes.v2_model import V2Model, V2ModelConfig
 
     host, port = triton.grpc_url.rsplit(":", 1)
 
@@ -134,7 +134,7 @@ def test_a_triton_slow_to_answer_a_new_connection_is_waited_for(triton, stack):
     async def scores() -> np.ndarray:
         proxy = await asyncio.start_server(slow_to_answer, "127.0.0.1", 0)
         url = f"127.0.0.1:{proxy.sockets[0].getsockname()[1]}"
-        node = TritonModel(TritonModelConfig(url=url, registry_uri=stack.mlflow_uri, timeout_s=5.0))
+        node = V2Model(V2ModelConfig(url=url, registry_uri=stack.mlflow_uri, timeout_s=5.0))
         try:
             return await node.infer(np.zeros((3, 12), dtype=np.float32))
         finally:

@@ -194,7 +194,7 @@ def test_batch_on_a_kind_that_cannot_batch_is_refused():
     with pytest.raises(GraphSpecError) as raised:
         parse_args(graph_args(nodes, sequence("d", "m"), {"y": "m"}))
     assert [(p.path, p.message) for p in raised.value.problems] == [
-        ("graph.nodes.m.batch", "aggregate nodes do not batch (feature_lookup, triton_model, torch_model and python do)")]
+        ("graph.nodes.m.batch", "aggregate nodes do not batch (feature_lookup, triton_model, v2_model, torch_model and python do)")]
 
 
 def test_a_batched_python_node_gets_lists_in_process_and_each_request_its_own_answer():

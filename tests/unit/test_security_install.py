@@ -89,7 +89,10 @@ def _graph_ingress(http) -> tuple[types.SimpleNamespace, FastAPI]:
 
     args = GraphArgs.model_validate(_graph_args(http))
     executor = types.SimpleNamespace(request_model=request_model(args.graph.name, args.graph.request), spec=args.graph)
-    return types.SimpleNamespace(app=app, args=args, executor=executor), app
+    from deployments.http import security
+
+    guard = security.key_guard(args.http) if args.http is not None else None  # as GraphIngress.__init__ reads them
+    return types.SimpleNamespace(app=app, args=args, executor=executor, _guard=guard), app
 
 
 def test_the_graph_replica_installs_its_http_args():

@@ -1,16 +1,25 @@
-"""The `triton_model` node kind: KServe v2 inference on Triton through
-`tritonclient`'s asyncio clients (gRPC by default, HTTP selectable).
+"""The `v2_model` node kind: a model on any server that speaks the Open
+Inference Protocol (KServe v2: Triton, MLServer, KServe's model servers),
+through `tritonclient`'s asyncio clients (gRPC by default, HTTP selectable).
+`triton_model` is the same kind with `server: triton` (the configs that
+named it keep working).
 
     ranker:
       kind: triton_model
       config: {url: 127.0.0.1:8101, model: ranker, alias: champion}
       inputs: {features: features}
+    ranker_sklearn:
+      kind: v2_model
+      config: {server: mlserver, url: 127.0.0.1:8111, model: ranker_sklearn, output_name: predict_proba, output_column: 1}
+      inputs: {features: features}
 
 The model version is resolved from an MLflow alias at start-up and, with
 `alias_poll_s`, again every so often: moving the alias in the registry rolls
-the running graph to the new version without a redeploy, once Triton serves
-it (a version Triton lacks is refused, loudly, and the old one keeps
-serving). One client (one channel / connection pool) is reused for every
+the running graph to the new version without a redeploy, once the server
+serves it (a version the server lacks is refused, loudly, and the old one
+keeps serving). The calls are the protocol's own (model ready, infer with
+the version); only `server: triton` is also asked its model config (the
+rows a batch may hold). `server` names the backend in errors and metrics. One client (one channel / connection pool) is reused for every
 call; every call is bounded by a timeout.
 
 inputs: `features` (a feature lookup's output, its columns taken in the
@@ -22,7 +31,7 @@ import logging
 from typing import Any, ClassVar, Literal, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deployments.errors import BackendTimeout, BackendUnavailable, public_reason
 from deployments.local_supervision import supervisor_note
@@ -34,30 +43,34 @@ from deployments.registry import ModelRef, resolve_alias, served
 logger = logging.getLogger(__name__)
 
 
-class TritonModelConfig(BaseModel):
+class V2ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field("127.0.0.1:8101", description="host:port of Triton's gRPC (or HTTP) endpoint.")
+    server: str = Field("triton", pattern=r"^[a-z][a-z0-9_-]*$",
+                        description="Which v2 server (triton, mlserver, ...): names the backend; triton is also asked its model config.")
+    url: str = Field("127.0.0.1:8101", description="host:port of the server's gRPC (or HTTP) endpoint.")
     protocol: Literal["grpc", "http"] = "grpc"
-    model: str = Field("ranker", min_length=1, description="Registered model name, also the Triton model name.")
+    model: str = Field("ranker", min_length=1, description="Registered model name, also the name the server serves it by.")
     alias: str = Field("champion", min_length=1, description="MLflow alias that selects the version.")
     registry_uri: str = Field("sqlite:///.local/mlflow/mlflow.db", description="MLflow registry URI.")
     input_name: str = "features"
     output_name: str = "score"
+    output_column: Optional[int] = Field(
+        None, ge=0, description="Of a 2-D output (a classifier's predict_proba: one column per class), the column that is the score."
+    )
     timeout_s: float = Field(1.0, gt=0, le=60, description="Bound on one inference call.")
     reconnect_backoff_max_ms: int = Field(
-        1000, ge=100, description="gRPC reconnect backoff cap: how soon a restarted Triton is used again."
+        1000, ge=100, description="gRPC reconnect backoff cap: how soon a restarted server is used again."
     )
     alias_poll_s: Optional[float] = Field(
         None, gt=0, description="Re-resolve the alias this often (a registry-driven rollout); once at start when absent."
     )
 
 
-class TritonModel:
-    backend = "triton"
-
-    def __init__(self, config: TritonModelConfig):
+class V2Model:
+    def __init__(self, config: V2ModelConfig):
         self.config = config
+        self.backend = config.server
         self.ref: ModelRef = resolve_alias(config.registry_uri, config.model, config.alias)
         self.rollout_problem: Optional[str] = None  # why the alias's current target is not served
         self._client = None
@@ -80,7 +93,7 @@ class TritonModel:
                 logger.warning("%s@%s: %s; still serving version %s", self.config.model, self.config.alias, self.rollout_problem, self.ref.version)
 
     async def refresh(self) -> ModelRef:
-        """Follow the alias to its version now, if Triton serves that version."""
+        """Follow the alias to its version now, if the server serves that version."""
         new = await asyncio.to_thread(resolve_alias, self.config.registry_uri, self.config.model, self.config.alias)
         if new.version == self.ref.version:
             self.rollout_problem = None
@@ -92,7 +105,7 @@ class TritonModel:
         else:
             reason = "not ready"
         if not ready:
-            problem = (f"{new.name}@{new.alias} points to version {new.version}, which Triton at {self.config.url} "
+            problem = (f"{new.name}@{new.alias} points to version {new.version}, which {self.backend} at {self.config.url} "
                        f"does not serve ({reason}); still serving version {self.ref.version}")
             if problem != self.rollout_problem:
                 logger.error(problem)
@@ -140,7 +153,10 @@ class TritonModel:
 
     def max_batch_size(self) -> Optional[int]:
         """Rows the model takes per execution (its config.pbtxt), asked of
-        Triton now; None when Triton does not answer (its readiness says so)."""
+        Triton now; None when Triton does not answer (its readiness says so),
+        and for other servers (the protocol has no such call)."""
+        if self.config.server != "triton":
+            return None
         try:
             if self.config.protocol == "grpc":
                 import tritonclient.grpc as triton
@@ -178,7 +194,10 @@ class TritonModel:
             if "DEADLINE_EXCEEDED" in str(error) or "Deadline Exceeded" in str(error):
                 raise BackendTimeout(self.backend, self.config.timeout_s) from None
             raise BackendUnavailable(self.backend, public_reason(error, f"{self.backend} at {self.config.url}")) from error
-        return result.as_numpy(self.config.output_name).reshape(len(batch))
+        scores = result.as_numpy(self.config.output_name)
+        if self.config.output_column is not None:
+            scores = scores.reshape(len(batch), -1)[:, self.config.output_column]
+        return scores.reshape(len(batch))
 
     async def ready(self) -> tuple[bool, str]:
         ref = self.current()
@@ -207,24 +226,36 @@ def _short(error: Exception) -> str:
     return text[0][:300] if text else type(error).__name__
 
 
-class TritonModelNode(NodeSpec):
-    """A model on Triton, its version from an MLflow alias (module docstring)."""
+class V2ModelNode(NodeSpec):
+    """A model on a v2 server, its version from an MLflow alias (module docstring)."""
 
-    kind: Literal["triton_model"]
-    config: TritonModelConfig
+    kind: Literal["v2_model"]
+    config: V2ModelConfig
     required_inputs: ClassVar[frozenset[str]] = frozenset({"features"})
     batches: ClassVar[bool] = True
-    default_num_cpus: ClassVar[float] = 0.25  # waits on Triton
+    default_num_cpus: ClassVar[float] = 0.25  # waits on the server
 
     def build(self, name: str, companion: Any = None) -> Node:
-        return TritonRunner(name, self)
+        return V2Runner(name, self)
 
 
-class TritonRunner(Node):
+class TritonModelNode(V2ModelNode):
+    """`v2_model` on Triton, by its older name."""
+
+    kind: Literal["triton_model"]  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _on_triton(self):
+        if self.config.server != "triton":
+            raise ValueError(f"config.server {self.config.server!r}: a triton_model is on Triton; use kind v2_model for other servers")
+        return self
+
+
+class V2Runner(Node):
     records_scores = True
 
-    def __init__(self, name: str, spec: TritonModelNode):
-        self.model = TritonModel(spec.config)
+    def __init__(self, name: str, spec: V2ModelNode):
+        self.model = V2Model(spec.config)
         self.score = self._score_one
         if spec.batch is not None:
             self.max_rows = spec.batch.max_batch_size
@@ -262,7 +293,7 @@ class TritonRunner(Node):
         """One call per model version for the rows of several requests (in
         calls of at most `max_batch_size` rows), split back per request. When
         a call of several requests fails other than by timing out, each is
-        tried alone, so a request Triton refuses fails alone."""
+        tried alone, so a request the server refuses fails alone."""
         results: list[Any] = [None] * len(items)
         by_version: dict[str, list[int]] = {}
         for position, (ref, _) in enumerate(items):
