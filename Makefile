@@ -4,20 +4,22 @@
 PYTHON ?= python3
 VENV := .venv
 TRITON_VENV := .venv-triton
+MLSERVER_VENV := .venv-mlserver
 PY := $(VENV)/bin/python
 PIP_FLAGS := --progress-bar on --disable-pip-version-check
 VENV_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 TRITON_STAMP := $(TRITON_VENV)/.installed-$(shell cat local_stack/triton-requirements.txt | sha1sum | cut -c1-12)
+MLSERVER_STAMP := $(MLSERVER_VENV)/.installed-$(shell cat local_stack/mlserver-requirements.txt | sha1sum | cut -c1-12)
 
-.PHONY: demo test stack venv debian-packages triton-env check bench clean-stack manifests graph-draw
+.PHONY: demo test stack venv debian-packages triton-env mlserver-env check bench clean-stack manifests graph-draw
 
-demo: venv triton-env stack
+demo: venv triton-env mlserver-env stack
 	$(PY) -m local_stack.demo configs/local.yaml
 
-test: venv triton-env stack
+test: venv triton-env mlserver-env stack
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-stack: venv triton-env
+stack: venv triton-env mlserver-env
 	$(PY) -m local_stack.bootstrap
 
 check: venv
@@ -28,7 +30,7 @@ manifests: venv
 	$(PY) -m kuberay.render
 	$(PY) -m kuberay.validate kuberay/rendered/*.yaml
 
-bench: venv triton-env stack
+bench: venv triton-env mlserver-env stack
 	$(PY) bench/recommend_bench.py
 
 venv: $(VENV_STAMP) debian-packages
@@ -56,6 +58,13 @@ $(TRITON_STAMP): local_stack/triton-requirements.txt
 	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/python -m pip install $(PIP_FLAGS) -r local_stack/triton-requirements.txt
 	rm -f $(TRITON_VENV)/.installed-* && touch $@
+
+mlserver-env: $(MLSERVER_STAMP)
+$(MLSERVER_STAMP): local_stack/mlserver-requirements.txt
+	@echo "==> installing the local MLServer into $(MLSERVER_VENV) (mlserver, its scikit-learn runtime)"
+	test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install $(PIP_FLAGS) -r local_stack/mlserver-requirements.txt
+	rm -f $(MLSERVER_VENV)/.installed-* && touch $@
 
 clean-stack:
 	rm -rf .local

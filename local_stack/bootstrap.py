@@ -73,6 +73,15 @@ def ensure(paths: StackPaths = StackPaths(), force: bool = False) -> StackPaths:
     if not train.is_registered(paths, train.TORCH_MODEL_NAME):
         with step(f"train the ranker again, register it with mlflow.pytorch as {train.TORCH_MODEL_NAME} (the torch_model node's)"):
             train.register_torch_ranker(paths)
+    if not train.is_registered(paths, train.SKLEARN_MODEL_NAME, ("champion",)):
+        with step(f"train a scikit-learn ranker, register it as {train.SKLEARN_MODEL_NAME} (served by MLServer)"):
+            train.register_sklearn_ranker(paths)
+    if not (paths.mlserver_repo / train.SKLEARN_MODEL_NAME).exists():
+        with step(f"export the registry to an MLServer repository -> {paths.mlserver_repo}"):
+            from deployments.mlserver_repository import export_from_registry
+
+            versions = export_from_registry(paths.mlserver_repo, train.SKLEARN_MODEL_NAME, paths.mlflow_uri)
+            print(f"    {train.SKLEARN_MODEL_NAME}: versions {', '.join(versions)} (MLServer's scikit-learn runtime)")
     if not train.references_logged(paths):
         with step(f"the training features' sample as {train.REFERENCE_ARTIFACT} of each ranker version"):
             print(f"    versions {', '.join(train.ensure_references(paths))}")

@@ -26,10 +26,27 @@ from local_stack.processes import default_sigint, stop_group
 from local_stack.ray_head import private_cluster_env, start_ray_head
 from local_stack.ray_env import local_ray_env, stop_haproxy
 from local_stack.supervisor import STATE_DIR_ENV, Supervisor
+from local_stack.mlserver_server import MLServer
 from local_stack.triton_server import TritonServer
 
 EXAMPLE = {"user_id": 7, "item_ids": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], "k": 3}
 CHAT_EXAMPLE = {"model": "smollm2", "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 32}
+
+
+# The demo head's logical CPUs: the cores, and at least this many. The
+# shipped apps reserve 2.25 (the LLM engine's bundle 1, the ensemble's PyTorch
+# node 0.5, three graph ingresses a quarter each) and a user's graph a quarter
+# more, or a whole one per node of user code placed apart: on a 2-core laptop
+# that is more than the cores. Logical CPUs are Ray's scheduling budget, not a
+# limit (the ingresses and the nodes that call a backend mostly wait), so the
+# head declares room rather than leave a user's graph pending for want of it.
+DEMO_HEAD_MIN_CPUS = 4
+
+
+def demo_head_cpus(cores: int | None = None) -> int:
+    import os
+
+    return max(cores if cores is not None else (os.cpu_count() or 1), DEMO_HEAD_MIN_CPUS)
 
 
 def oip_example(base: str) -> str:
@@ -108,6 +125,11 @@ def main() -> None:
     print(f"==> starting Triton (log {triton.log_file}; restarted if it crashes)", flush=True)
     triton.start()
     print(f"    ready: gRPC {triton.grpc_url}, HTTP {triton.http_url}, metrics {triton.metrics_url}", flush=True)
+    # The second v2 server, behind the ensemble app's scikit-learn node; supervised the same way.
+    mlserver = Supervisor(MLServer(paths.mlserver_repo, log_file=paths.logs / "mlserver.log"), state_dir=paths.supervised)
+    print(f"==> starting MLServer (log {mlserver.log_file}; restarted if it crashes)", flush=True)
+    mlserver.start()
+    print(f"    ready: gRPC {mlserver.grpc_url}, HTTP {mlserver.http_url}, metrics {mlserver.metrics_url}", flush=True)
 
     # A short private temp dir: Ray's socket paths must stay under 108 bytes,
     # and the user's other clusters keep their /tmp/ray.
@@ -115,7 +137,8 @@ def main() -> None:
     env = private_cluster_env(local_ray_env(), temp_dir)
     env[STATE_DIR_ENV] = str(paths.supervised)
     print("==> starting a one-node Ray cluster", flush=True)
-    head = start_ray_head(env, temp_dir, metrics_port=args.metrics_port, dashboard_port=args.dashboard_port)
+    head = start_ray_head(env, temp_dir, num_cpus=demo_head_cpus(), metrics_port=args.metrics_port,
+                          dashboard_port=args.dashboard_port)
     ray_head, address = head.process, head.address
     serve_cli = Path(sys.executable).parent / "serve"
     print(f"==> serve run {args.config} (Ray at {address})", flush=True)
@@ -150,6 +173,10 @@ def main() -> None:
         print(f"  drift (the latest 300 requests vs the ranker's training data): send a shifted user mix, then read the flag:\n"
               f"    .venv/bin/python -m local_stack.traffic --url {base}/recommend --mix shifted\n"
               f"    curl -s http://127.0.0.1:{args.metrics_port}/metrics | grep -E 'ray_graph_(drift_detected|feature_drifted)'")
+        if "ensemble" in apps:
+            print(f"  ensemble (the ONNX ranker on Triton, a scikit-learn one on MLServer and a PyTorch one in its own\n"
+                  f"  Serve deployment, averaged; `models` names each version):\n"
+                  f"    curl -s {base}/ensemble -H 'content-type: application/json' -d '{json.dumps(EXAMPLE)}'")
         if "canary" in apps:
             print(f"  rollout (the canary app steps ranker@canary up against ranker@stable, 10/50/100 %, 30 s a step while\n"
                   f"  its guards hold, then moves @stable to it): send it traffic, and follow the record in the registry:\n"
@@ -171,6 +198,7 @@ def main() -> None:
         stop_group(ray_head)
         stop_haproxy(env)
         shutil.rmtree(temp_dir, ignore_errors=True)
+        mlserver.close()
         triton.close()
 
 

@@ -38,6 +38,10 @@ class StackPaths:
         return self.root / "triton" / "models"
 
     @property
+    def mlserver_repo(self) -> Path:
+        return self.root / "mlserver" / "models"
+
+    @property
     def triton_backends(self) -> Path:
         return self.root / "triton" / "backends"
 

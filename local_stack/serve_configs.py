@@ -47,7 +47,7 @@ def load_config(path: Path = LOCAL_CONFIG) -> dict[str, Any]:
 
 
 def local_config(http_port: int, triton_grpc: str, llm: str | None = None, only: set[str] | None = None,
-                 grpc_port: int | None = None) -> dict[str, Any]:
+                 grpc_port: int | None = None, mlserver_grpc: str | None = None) -> dict[str, Any]:
     """configs/local.yaml with the test's ports (Serve's gRPC proxy on
     `grpc_port`, or a free one) (and, given `llm`, that model
     served by the chat app instead of the demo's; given `only`, just those
@@ -59,7 +59,7 @@ def local_config(http_port: int, triton_grpc: str, llm: str | None = None, only:
     config["grpc_options"]["port"] = grpc_port or free_port()
     for app in config["applications"]:
         if "graph" in app.get("args", {}):
-            point_graph(app, triton_grpc, f"http://127.0.0.1:{http_port}/v1", llm)
+            point_graph(app, triton_grpc, f"http://127.0.0.1:{http_port}/v1", llm, mlserver_grpc)
             if only is not None and "chat" not in only:
                 explanations_off(app)
         if llm and "model" in app.get("args", {}):
@@ -68,12 +68,17 @@ def local_config(http_port: int, triton_grpc: str, llm: str | None = None, only:
     return config
 
 
-def point_graph(app: dict[str, Any], triton_grpc: str, llm_url: str, llm_model: str | None = None) -> dict[str, Any]:
-    """A graph application's Triton nodes at `triton_grpc`, its remote LLM
-    nodes at `llm_url` (and `llm_model`, when given); in place, returned."""
+def point_graph(app: dict[str, Any], triton_grpc: str, llm_url: str, llm_model: str | None = None,
+                mlserver_grpc: str | None = None) -> dict[str, Any]:
+    """A graph application's Triton nodes at `triton_grpc`, its MLServer
+    nodes at `mlserver_grpc` (when given), its remote LLM nodes at `llm_url`
+    (and `llm_model`, when given); in place, returned."""
     for node in app["args"]["graph"]["nodes"].values():
-        if node["kind"] == "triton_model":
+        server = node.get("config", {}).get("server", "triton")
+        if node["kind"] == "triton_model" or (node["kind"] == "v2_model" and server == "triton"):
             node["config"]["url"] = triton_grpc
+        if node["kind"] == "v2_model" and server == "mlserver" and mlserver_grpc:
+            node["config"]["url"] = mlserver_grpc
         if node["kind"] == "llm" and node["config"].get("mode", "remote") == "remote":
             node["config"]["url"] = llm_url
             if llm_model:
@@ -84,7 +89,9 @@ def point_graph(app: dict[str, Any], triton_grpc: str, llm_url: str, llm_model: 
 def explanations_off(app: dict[str, Any]) -> dict[str, Any]:
     """The recommend graph with `explain` false unless a request asks (the
     chat app it calls is not deployed, or is not the point); in place."""
-    app["args"]["graph"]["request"]["explain"]["default"] = False
+    explain = app["args"]["graph"]["request"].get("explain")
+    if explain is not None:
+        explain["default"] = False
     return app
 
 

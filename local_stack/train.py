@@ -271,7 +271,40 @@ def register_torch_ranker(paths: StackPaths) -> dict[str, str]:
     return aliases
 
 
-def is_registered(paths: StackPaths, name: str = MODEL_NAME) -> bool:
+# A scikit-learn ranker on the same features and split (standardised inputs,
+# logistic regression: a click probability), served by MLServer beside the
+# ONNX ranker on Triton (configs/local.yaml's ensemble app): one version, @champion.
+SKLEARN_MODEL_NAME = "ranker_sklearn"
+
+
+def register_sklearn_ranker(paths: StackPaths) -> str:
+    """Returns the registered version of `ranker_sklearn`."""
+    import mlflow
+    from mlflow import MlflowClient
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    _, columns, x, y, is_test = _split(paths)
+    _experiment(paths, SKLEARN_MODEL_NAME)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(x[~is_test], y[~is_test])
+    held_out = auc(y[is_test], model.predict_proba(x[is_test])[:, 1])
+    with mlflow.start_run(run_name=SKLEARN_MODEL_NAME):
+        mlflow.log_metric("held_out_auc", held_out)
+        # Plain pickle, MLServer's scikit-learn runtime loads it with joblib (deployments/mlserver_repository.py).
+        info = mlflow.sklearn.log_model(model, name="model", input_example=x[:2], serialization_format="pickle",
+                                        registered_model_name=SKLEARN_MODEL_NAME)
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    client.set_model_version_tag(SKLEARN_MODEL_NAME, version, "input_features", json.dumps(columns))
+    client.set_model_version_tag(SKLEARN_MODEL_NAME, version, "feature_service", FEATURE_SERVICE)
+    client.set_registered_model_alias(SKLEARN_MODEL_NAME, "champion", version)
+    print(f"    registered {SKLEARN_MODEL_NAME} version {version} as @champion (held-out AUC {held_out:.4f})", flush=True)
+    return version
+
+
+def is_registered(paths: StackPaths, name: str = MODEL_NAME, aliases: tuple[str, ...] = tuple(r.alias for r in RECIPES)) -> bool:
     if not paths.mlflow_db.exists():
         return False
     from mlflow import MlflowClient
@@ -282,7 +315,7 @@ def is_registered(paths: StackPaths, name: str = MODEL_NAME) -> bool:
         model = client.get_registered_model(name)
     except MlflowException:
         return False
-    return all(r.alias in model.aliases for r in RECIPES)
+    return all(alias in model.aliases for alias in aliases)
 
 
 # The demo's canary app (configs/local.yaml) rolls ranker@canary out against

@@ -102,6 +102,19 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="session")
+def mlserver(stack):
+    """The session's MLServer (the second v2 server), supervised as `make demo` runs it."""
+    from local_stack.mlserver_server import MLServer
+
+    server = MLServer(stack.mlserver_repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                      log_file=stack.logs / "mlserver-tests.log")
+    supervised = Supervisor(server, state_dir=os.environ[STATE_DIR_ENV])
+    supervised.start()
+    yield supervised
+    supervised.close()
+
+
+@pytest.fixture(scope="session")
 def serve_config(ray_cluster, triton):
     """configs/local.yaml's recommend and chat apps with the session's ports and the tiny LLM, and one
     recommend ingress replica where it ships autoscaling from one to two:
