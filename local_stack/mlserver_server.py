@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
-import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from local_stack.paths import PROJECT_ROOT, StackPaths
 from local_stack.processes import serve_until_stopped
+from local_stack.v2_server import V2ServerProcess
 
 MLSERVER_VENV = Path(os.environ.get("MLSERVER_VENV", PROJECT_ROOT / ".venv-mlserver"))
 
@@ -32,7 +30,7 @@ def _binary() -> Path:
 
 
 @dataclass
-class MLServer:
+class MLServer(V2ServerProcess):
     """One `mlserver start` process in its own process group."""
 
     name = "mlserver"
@@ -43,78 +41,22 @@ class MLServer:
     log_file: Path | None = None
     process: subprocess.Popen | None = field(default=None, init=False)
 
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def addresses(self) -> list[str]:
-        return [self.grpc_url, self.http_url]
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
-
-    def settings_env(self) -> dict[str, str]:
-        """Its settings, as MLServer reads them from the environment (MLSERVER_*): nothing written to the repository."""
-        return {"MLSERVER_HOST": "127.0.0.1", "MLSERVER_HTTP_PORT": str(self.http_port), "MLSERVER_GRPC_PORT": str(self.grpc_port),
-                "MLSERVER_METRICS_PORT": str(self.metrics_port), "MLSERVER_PARALLEL_WORKERS": "0",
-                "MLSERVER_LOAD_MODELS_AT_STARTUP": "true"}
-
     def command(self) -> list[str]:
         return [str(_binary()), "start", str(self.repo)]
 
-    def remove_leftovers(self) -> list[str]:
-        return []
-
-    def start(self, timeout_s: float = 90.0) -> "MLServer":
+    def server_env(self) -> dict[str, str]:
+        """Its settings as MLServer reads them from the environment (MLSERVER_*:
+        nothing written to the repository); none of this venv's Python paths."""
         env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-        env.update(self.settings_env())
-        out = open(self.log_file, "ab") if self.log_file else None
-        try:
-            self.process = subprocess.Popen(self.command(), cwd=self.repo, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-        finally:
-            if out is not None:
-                out.close()
-        self.wait_ready(timeout_s)
-        return self
+        return env | {"MLSERVER_HOST": "127.0.0.1", "MLSERVER_HTTP_PORT": str(self.http_port),
+                      "MLSERVER_GRPC_PORT": str(self.grpc_port), "MLSERVER_METRICS_PORT": str(self.metrics_port),
+                      "MLSERVER_PARALLEL_WORKERS": "0", "MLSERVER_LOAD_MODELS_AT_STARTUP": "true"}
 
-    def is_ready(self) -> bool:
-        if self.process is None or self.process.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=1) as response:
-                return response.status == 200
-        except OSError:
-            return False
+    def cwd(self) -> Path:
+        return self.repo
 
-    def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mlserver exited with code {self.process.returncode}; log: {self.log_file}")
-            if self.is_ready():
-                return
-            time.sleep(0.3)
-        self.stop()
-        raise TimeoutError(f"mlserver not ready on {self.http_url} after {timeout_s:.0f} s; log: {self.log_file}")
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        """SIGTERM the server's own process group."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        pgid = os.getpgid(self.process.pid)
-        os.killpg(pgid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
-            self.process.wait()
+    def start(self, timeout_s: float = 90.0) -> "MLServer":  # its first start imports pandas and scikit-learn
+        return super().start(timeout_s)
 
 
 def main() -> None:

@@ -9,17 +9,15 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
-import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from local_stack.paths import PROJECT_ROOT, StackPaths
 from local_stack.processes import serve_until_stopped
+from local_stack.v2_server import V2ServerProcess
 
 TRITON_VENV = Path(os.environ.get("TRITON_VENV", PROJECT_ROOT / ".venv-triton"))
 PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -67,7 +65,7 @@ def server_env() -> dict[str, str]:
 
 
 @dataclass
-class TritonServer:
+class TritonServer(V2ServerProcess):
     """One tritonserver process in its own process group."""
 
     name = "triton"
@@ -78,23 +76,6 @@ class TritonServer:
     metrics_port: int = 8102
     log_file: Path | None = None
     process: subprocess.Popen | None = field(default=None, init=False)
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def addresses(self) -> list[str]:
-        """Where clients reach it (what a graph node's `url` says)."""
-        return [self.grpc_url, self.http_url]
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def command(self) -> list[str]:
         return [
@@ -114,6 +95,9 @@ class TritonServer:
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
 
+    def server_env(self) -> dict[str, str]:
+        return server_env()
+
     @property
     def shm_prefix(self) -> str:
         """This server's python-backend shared-memory regions (/dev/shm) start
@@ -128,51 +112,6 @@ class TritonServer:
             region.unlink(missing_ok=True)
             removed.append(region.name)
         return removed
-
-    def start(self, timeout_s: float = 60.0) -> "TritonServer":
-        out = open(self.log_file, "ab") if self.log_file else None
-        try:
-            self.process = subprocess.Popen(
-                self.command(), env=server_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        finally:
-            if out is not None:
-                out.close()  # the server has its own copy
-        self.wait_ready(timeout_s)
-        return self
-
-    def is_ready(self) -> bool:
-        if self.process is None or self.process.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=1) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with code {self.process.returncode}; log: {self.log_file}")
-            if self.is_ready():
-                return
-            time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"tritonserver not ready on {self.http_url} after {timeout_s:.0f} s; log: {self.log_file}")
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        """SIGTERM the server's own process group (server and backend stubs)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        pgid = os.getpgid(self.process.pid)
-        os.killpg(pgid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
-            self.process.wait()
-            self.remove_leftovers()
 
 
 def main() -> None:

@@ -25,7 +25,6 @@ their rows, split back per request. A request whose rows the model refuses
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
@@ -33,12 +32,11 @@ from typing import Any, ClassVar, Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from deployments.alias_follower import AliasFollower
 from deployments.nodes.base import Node, NodeSpec
 from deployments.nodes.batching import BatchConfig, Batcher, Failed
 from deployments.nodes.feature_lookup import FeatureFrame
 from deployments.registry import ModelRef, download_version, resolve_alias, served
-
-logger = logging.getLogger(__name__)
 
 
 class TorchModelConfig(BaseModel):
@@ -95,18 +93,18 @@ class TorchModel(Node):
 
         self.config = config
         self.device = torch.device(config.device)
-        self.loaded = self.load(resolve_alias(config.registry_uri, config.model, config.alias))
-        self.rollout_problem: Optional[str] = None  # why the alias's current target is not loaded
-        self._poller: Optional[asyncio.Task] = None
+        self.alias = AliasFollower(config.registry_uri, config.model, config.alias, config.alias_poll_s,
+                                   self.load(resolve_alias(config.registry_uri, config.model, config.alias)),
+                                   ref_of=lambda loaded: loaded.ref, adopt=lambda ref: asyncio.to_thread(self.load, ref))
         self.score = self._score_one if batch is None else Batcher(name, batch, self._score_many, rows=lambda item: len(item[1]))
 
     @property
     def ref(self) -> ModelRef:
-        return self.loaded.ref
+        return self.alias.ref
 
     @property
     def input_features(self) -> Optional[list[str]]:
-        return self.loaded.input_features
+        return self.alias.serving.input_features
 
     def load(self, ref: ModelRef) -> LoadedVersion:
         """Download and load `ref`'s version (blocking: the poller runs it in a thread)."""
@@ -124,38 +122,7 @@ class TorchModel(Node):
 
     def current(self) -> LoadedVersion:
         """The version for one request, taken once (the poller starts on the first)."""
-        if self.config.alias_poll_s and self._poller is None:
-            self._poller = asyncio.get_running_loop().create_task(self._poll())
-        return self.loaded
-
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.alias_poll_s)
-            try:
-                await self.refresh()
-            except Exception as error:  # the registry down: keep serving what we have
-                self.rollout_problem = f"registry: {type(error).__name__}: {error}"
-                logger.warning("%s@%s: %s; still serving version %s", self.config.model, self.config.alias,
-                               self.rollout_problem, self.ref.version)
-
-    async def refresh(self) -> ModelRef:
-        """Follow the alias now: its version loaded beside the serving one, then swapped in."""
-        new = await asyncio.to_thread(resolve_alias, self.config.registry_uri, self.config.model, self.config.alias)
-        if new.version == self.ref.version:
-            self.rollout_problem = None
-            return self.ref
-        try:
-            loaded = await asyncio.to_thread(self.load, new)
-        except Exception as error:
-            problem = (f"{new.name}@{new.alias} points to version {new.version}, which does not load "
-                       f"({type(error).__name__}: {error}); still serving version {self.ref.version}")
-            if problem != self.rollout_problem:
-                logger.error(problem)
-            self.rollout_problem = problem
-            return self.ref
-        logger.info("%s@%s: version %s -> %s", new.name, new.alias, self.ref.version, new.version)
-        self.loaded, self.rollout_problem = loaded, None
-        return new
+        return self.alias.current()
 
     def matrix(self, loaded: LoadedVersion, features: Any) -> np.ndarray:
         if isinstance(features, FeatureFrame):
@@ -167,7 +134,7 @@ class TorchModel(Node):
     def infer(self, batch: np.ndarray, loaded: Optional[LoadedVersion] = None) -> np.ndarray:
         import torch
 
-        module = (loaded or self.loaded).module
+        module = (loaded or self.alias.serving).module
         with torch.inference_mode():
             out = module(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device))
         return out.reshape(len(batch)).cpu().numpy()
@@ -184,12 +151,10 @@ class TorchModel(Node):
     async def ready(self) -> tuple[bool, str]:
         """Ready once loaded (there is no backend to lose); the detail names the version and any refused one."""
         detail = f"{self.ref.name} v{self.ref.version} (@{self.config.alias}) loaded"
-        return True, detail if self.rollout_problem is None else f"{detail}; {self.rollout_problem}"
+        return True, detail if self.alias.problem is None else f"{detail}; {self.alias.problem}"
 
     async def close(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            self._poller = None
+        self.alias.close()
 
     async def _score_one(self, item: tuple[LoadedVersion, np.ndarray]) -> np.ndarray:
         loaded, rows = item

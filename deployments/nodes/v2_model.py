@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from deployments.alias_follower import AliasFollower, NotAdopted
 from deployments.errors import BackendTimeout, BackendUnavailable, public_reason
 from deployments.local_supervision import supervisor_note
 from deployments.nodes.base import Node, NodeSpec
@@ -71,33 +72,22 @@ class V2Model:
     def __init__(self, config: V2ModelConfig):
         self.config = config
         self.backend = config.server
-        self.ref: ModelRef = resolve_alias(config.registry_uri, config.model, config.alias)
-        self.rollout_problem: Optional[str] = None  # why the alias's current target is not served
+        self.alias = AliasFollower(config.registry_uri, config.model, config.alias, config.alias_poll_s,
+                                   resolve_alias(config.registry_uri, config.model, config.alias),
+                                   ref_of=lambda ref: ref, adopt=self._adopt)
         self._client = None
-        self._poller: Optional[asyncio.Task] = None
+
+    @property
+    def ref(self) -> ModelRef:
+        return self.alias.ref
 
     def current(self) -> ModelRef:
         """The version to use for one request: read once per request, so a
         rollout between two of its steps cannot mix versions."""
-        if self.config.alias_poll_s and self._poller is None:
-            self._poller = asyncio.get_running_loop().create_task(self._poll())
-        return self.ref
+        return self.alias.current()
 
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.alias_poll_s)
-            try:
-                await self.refresh()
-            except Exception as error:  # the registry down: keep serving what we have
-                self.rollout_problem = f"registry: {_short(error)}"
-                logger.warning("%s@%s: %s; still serving version %s", self.config.model, self.config.alias, self.rollout_problem, self.ref.version)
-
-    async def refresh(self) -> ModelRef:
-        """Follow the alias to its version now, if the server serves that version."""
-        new = await asyncio.to_thread(resolve_alias, self.config.registry_uri, self.config.model, self.config.alias)
-        if new.version == self.ref.version:
-            self.rollout_problem = None
-            return self.ref
+    async def _adopt(self, new: ModelRef) -> ModelRef:
+        """A moved alias's version, once the server serves it."""
         try:
             ready = await asyncio.wait_for(self.client.is_model_ready(self.config.model, new.version), self.config.timeout_s)
         except Exception as error:
@@ -105,14 +95,7 @@ class V2Model:
         else:
             reason = "not ready"
         if not ready:
-            problem = (f"{new.name}@{new.alias} points to version {new.version}, which {self.backend} at {self.config.url} "
-                       f"does not serve ({reason}); still serving version {self.ref.version}")
-            if problem != self.rollout_problem:
-                logger.error(problem)
-            self.rollout_problem = problem
-            return self.ref
-        logger.info("%s@%s: version %s -> %s", new.name, new.alias, self.ref.version, new.version)
-        self.ref, self.rollout_problem = new, None
+            raise NotAdopted(f"{self.backend} at {self.config.url} does not serve ({reason})")
         return new
 
     @property
@@ -208,14 +191,12 @@ class V2Model:
             note = supervisor_note(self.config.url)
             return False, f"{detail}; {note}" if note else detail
         detail = f"{ref.name} version {ref.version} (@{ref.alias})"
-        if self.rollout_problem:
-            detail += f"; rollout held: {self.rollout_problem}"
+        if self.alias.problem:
+            detail += f"; rollout held: {self.alias.problem}"
         return bool(ok), detail if ok else f"{detail} not ready on {self.config.url}"
 
     async def close(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            self._poller = None
+        self.alias.close()
         if self._client is not None:
             await self._client.close()
             self._client = None
