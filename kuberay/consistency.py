@@ -3,7 +3,11 @@ cluster: the render refuses a pair that would deploy, pass every schema and
 then fail at run time.
 
 - every `registry_uri` in the Serve config is the spec's MLflow;
-- the ranker calls the Triton Service the render creates, on its port;
+- a model node on a v2 server the render deploys (`triton_model`, and
+  `v2_model` with `server: triton` or `server: mlserver`) calls that
+  server's Service, on its gRPC or HTTP port, for a model the server's init
+  container exports; a `v2_model` on another server is one this render
+  does not deploy, and is not checked;
 - a remote LLM node calls the vLLM Service (with the model it serves) or
   the chat app through the serve Service;
 - Serve listens on 0.0.0.0 and on the port the serve Service targets;
@@ -19,6 +23,7 @@ then fail at run time.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Iterator, Optional
 
@@ -107,6 +112,47 @@ def _node_configs(args: dict[str, Any], kind: str, prefix: str) -> list[tuple[st
     ]
 
 
+@dataclass(frozen=True)
+class V2Server:
+    """A v2 server the render deploys, as a model node must call it."""
+
+    title: str
+    service: str
+    grpc_port: int
+    http_port: int
+    models: tuple[str, ...]
+
+
+def _v2_servers(spec: ClusterSpec) -> dict[str, V2Server]:
+    """`config.server` of a model node -> the server the render deploys for it."""
+    return {
+        "triton": V2Server("Triton", spec.triton.name, spec.triton.grpc_port, spec.triton.http_port, (spec.triton.model,)),
+        "mlserver": V2Server("MLServer", spec.mlserver.name, spec.mlserver.grpc_port, spec.mlserver.http_port,
+                             tuple(spec.mlserver.models)),
+    }
+
+
+def _v2_problems(spec: ClusterSpec, args: dict[str, Any], prefix: str) -> list[str]:
+    """Model nodes on Triton or MLServer call the Service the render creates,
+    for a model it serves: a wrong host or port resolves nowhere, and a
+    model the init container did not export is "not found", at run time only."""
+    servers = _v2_servers(spec)
+    found = []
+    for kind in ("triton_model", "v2_model"):
+        for path, node in _node_configs(args, kind, prefix):
+            server = servers.get(node.get("server", "triton"))
+            if server is None:
+                continue
+            port = server.grpc_port if node.get("protocol", "grpc") == "grpc" else server.http_port
+            expected = f"{spec.service_host(server.service)}:{port}"
+            if node.get("url") != expected:
+                found.append(f"{path}.url: {node.get('url')!r}, but the {server.title} Service is {expected!r}")
+            model = node.get("model", "ranker")  # V2ModelConfig's default
+            if model not in server.models:
+                found.append(f"{path}.model: {model!r}, but {server.title} serves only {list(server.models)} (kuberay/cluster.yaml)")
+    return found
+
+
 def problems(spec: ClusterSpec, serve_config: dict[str, Any]) -> list[str]:
     found: list[str] = []
     http = serve_config.get("http_options") or {}
@@ -119,7 +165,6 @@ def problems(spec: ClusterSpec, serve_config: dict[str, Any]) -> list[str]:
     if grpc_options.get("grpc_servicer_functions") and grpc_options.get("port", 9000) != spec.rayservice.grpc_port:
         found.append(f"grpc_options.port: {grpc_options.get('port', 9000)}, but the serve Service targets {spec.rayservice.grpc_port}")
 
-    triton = spec.triton
     vllm_url = f"http://{spec.service_host(spec.vllm.name)}:{spec.vllm.port}/v1"
     chat_url = f"http://{spec.service_host(spec.rayservice.serve_service)}:{spec.rayservice.serve_port}/v1"
     gpu_demand: dict[Optional[str], int] = {}
@@ -133,11 +178,7 @@ def problems(spec: ClusterSpec, serve_config: dict[str, Any]) -> list[str]:
         for path, uri in _registry_uris(args, f"{prefix}.args"):
             if uri != spec.mlflow_uri:
                 found.append(f"{path}: {uri!r}, but the cluster's MLflow is {spec.mlflow_uri!r}")
-        for path, ranker in _node_configs(args, "triton_model", f"{prefix}.args"):
-            port = triton.grpc_port if ranker.get("protocol", "grpc") == "grpc" else triton.http_port
-            expected = f"{spec.service_host(triton.name)}:{port}"
-            if ranker.get("url") != expected:
-                found.append(f"{path}.url: {ranker.get('url')!r}, but the Triton Service is {expected!r}")
+        found += _v2_problems(spec, args, f"{prefix}.args")
         for path, llm in _node_configs(args, "llm", f"{prefix}.args"):
             if llm.get("mode", "remote") != "remote" or "url" not in llm:
                 continue

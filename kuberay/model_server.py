@@ -2,10 +2,10 @@
 from the MLflow registry in an init container, into an emptyDir the server
 then reads, and a ClusterIP Service in front of it.
 
-Triton (kuberay/triton.py) and vLLM's OpenAI server (kuberay/vllm_server.py)
-are both this shape; each says only what is its own (the server container,
-its volumes, its ports), so that the security contexts, the rollout and the
-fetch step cannot drift apart between them.
+Triton (kuberay/triton.py), MLServer (kuberay/mlserver.py) and vLLM's OpenAI
+server (kuberay/vllm_server.py) are all this shape; each says only what is
+its own (the server container, its volumes, its ports), so that the security
+contexts, the rollout and the fetch step cannot drift apart between them.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def fetch_container(spec: ClusterSpec, name: str, fetch_args: list[str]) -> dict
 class ModelServer:
     """What one model server's Deployment says of its own."""
 
-    component: str  # the app.kubernetes.io/component label ("triton", "vllm")
+    component: str  # the app.kubernetes.io/component label ("triton", "mlserver", "vllm")
     name: str
     replicas: int
     init: dict[str, Any]  # fetch_container(...)
@@ -91,7 +91,7 @@ def deployment(spec: ClusterSpec, server: ModelServer) -> dict[str, Any]:
             "replicas": server.replicas,
             "revisionHistoryLimit": 3,
             "selector": {"matchLabels": pods.selector(server.component, server.name)},
-            # A new pod is ready before an old one goes (needs one spare GPU).
+            # A new pod is ready before an old one goes (needs room for one more: a spare GPU for Triton and vLLM).
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {"metadata": template_metadata, "spec": pod},
         },

@@ -1,8 +1,8 @@
 """NetworkPolicies: which pods may open a connection to which port.
 
 Without them any pod in the cluster reaches Ray's dashboard and Jobs API,
-the GCS, the client port, Triton and vLLM directly, around the API keys of
-the serve routes. With them (ingress rules only; egress stays open):
+the GCS, the client port, Triton, MLServer and vLLM directly, around the API
+keys of the serve routes. With them (ingress rules only; egress stays open):
 
 - Ray pods: the serve port from the Ingress controller's namespace and from
   the Ray pods (an LLM node may call the chat app through the serve
@@ -10,9 +10,10 @@ the serve routes. With them (ingress rules only; egress stays open):
   operator's namespace (it deploys serveConfigV2 and reads Serve's status
   there); every other port (GCS, client, metrics, the raylets') from the Ray
   pods only; the metrics port also from Prometheus's namespace;
-- Triton and vLLM: their serving ports from the Ray pods only, their metrics
-  from Prometheus's namespace (vLLM's /metrics is on its API port, whose /v1
-  routes need the key);
+- Triton, MLServer and vLLM: their serving ports from the Ray pods only,
+  their metrics from Prometheus's namespace (vLLM's /metrics is on its API
+  port, whose /v1 routes need the key; Triton and MLServer ask no credential,
+  so the policy is their only guard);
 - the servers this render does not deploy (MLflow, Redis), selected by the
   labels kuberay/cluster.yaml names: their ports from the pods that call them.
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kuberay import pods, triton, vllm_server
+from kuberay import mlserver, pods, triton, vllm_server
 from kuberay.rayservice import AGENT_PORT, DASHBOARD_PORT, METRICS_PORT
 from kuberay.spec import ClusterSpec
 
@@ -61,6 +62,7 @@ def manifests(spec: ClusterSpec) -> list[dict[str, Any]]:
     clients = {
         "ray": from_ray,
         "triton": {"podSelector": {"matchLabels": pods.selector(triton.COMPONENT, spec.triton.name)}},
+        "mlserver": {"podSelector": {"matchLabels": pods.selector(mlserver.COMPONENT, spec.mlserver.name)}},
         "vllm": {"podSelector": {"matchLabels": pods.selector(vllm_server.COMPONENT, spec.vllm.name)}},
     }
     service = spec.rayservice
@@ -74,6 +76,10 @@ def manifests(spec: ClusterSpec) -> list[dict[str, Any]]:
         policy(spec, spec.triton.name, {"matchLabels": pods.selector(triton.COMPONENT, spec.triton.name)}, [
             {"from": [from_ray], "ports": _ports([spec.triton.grpc_port, spec.triton.http_port])},
             {"from": [from_prometheus], "ports": _ports([spec.triton.metrics_port])},
+        ]),
+        policy(spec, spec.mlserver.name, {"matchLabels": pods.selector(mlserver.COMPONENT, spec.mlserver.name)}, [
+            {"from": [from_ray], "ports": _ports([spec.mlserver.grpc_port, spec.mlserver.http_port])},
+            {"from": [from_prometheus], "ports": _ports([spec.mlserver.metrics_port])},
         ]),
         policy(spec, spec.vllm.name, {"matchLabels": pods.selector(vllm_server.COMPONENT, spec.vllm.name)}, [
             {"from": [from_ray, from_prometheus], "ports": _ports([spec.vllm.port])},  # /metrics is on the API port

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from deployments.paths import project_path
-from kuberay import consistency, exposure, ingress, network_policies, triton, vllm_server
+from kuberay import consistency, exposure, ingress, mlserver, network_policies, triton, vllm_server
 from kuberay.rayservice import rayservice
 from kuberay.spec import ClusterSpec, load_spec
 
@@ -65,6 +65,7 @@ def manifests(spec: ClusterSpec, serve_config_text: str) -> dict[str, list[dict[
     rendered = {
         "rayservice.yaml": [rayservice(spec, serve_config_text)],
         "triton.yaml": triton.manifests(spec),
+        "mlserver.yaml": mlserver.manifests(spec),
         "vllm.yaml": vllm_server.manifests(spec),
         "ingress.yaml": ingress.manifests(spec),
         "network-policies.yaml": network_policies.manifests(spec),

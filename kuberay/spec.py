@@ -1,8 +1,8 @@
 """The typed cluster spec (`kuberay/cluster.yaml`): the one source for what
 runs on Kubernetes around the Serve config.
 
-Images, namespace, the Ray head and worker groups, the Triton and vLLM
-servers, the Ingress, and which Secrets hold which credentials. Everything
+Images, namespace, the Ray head and worker groups, the Triton, MLServer and
+vLLM servers, the Ingress, and which Secrets hold which credentials. Everything
 is pydantic with `extra="forbid"`, so a misspelt key fails the render with
 its path instead of silently producing a manifest without it. The Serve
 applications themselves are not described here: they come from the Serve
@@ -102,7 +102,7 @@ class ExternalBackend(Strict):
     name: str = Field(pattern=DNS_1035)
     pod_labels: dict[str, str] = Field(min_length=1, description="Labels selecting its pods.")
     ports: list[int] = Field(min_length=1)
-    clients: list[Literal["ray", "triton", "vllm"]] = Field(
+    clients: list[Literal["ray", "triton", "mlserver", "vllm"]] = Field(
         default_factory=lambda: ["ray"], description="Whose pods may connect: the Ray pods, and the model servers' "
         "init containers that export from the registry."
     )
@@ -150,7 +150,7 @@ class PodSecurity(Strict):
     """Least privilege for every pod: a non-root user, no privilege
     escalation, no Linux capabilities, the runtime's default seccomp profile."""
 
-    run_as_user: int = Field(1000, ge=1, description="The rayproject/ray, Triton and vLLM images all have uid 1000.")
+    run_as_user: int = Field(1000, ge=1, description="The rayproject/ray, Triton, MLServer and vLLM images all have uid 1000.")
     run_as_group: int = Field(1000, ge=1)
     fs_group: int = Field(1000, ge=1, description="Group owning the emptyDir volumes, so the user can write them.")
 
@@ -219,14 +219,11 @@ class RayServiceSpec(Strict):
         return groups
 
 
-class HPA(Strict):
+class ReplicaBounds(Strict):
+    """What every HorizontalPodAutoscaler of the render says besides its signal."""
+
     min_replicas: int = Field(ge=1)
     max_replicas: int = Field(ge=1)
-    queue_time_target_us: int = Field(
-        gt=0,
-        description="Target of nv_inference_queue_duration_us per pod, as the metrics adapter serves it: "
-        "queue microseconds per request over the last minute (see kuberay/README.md).",
-    )
     scale_down_stabilization_s: int = Field(300, ge=0)
 
     @model_validator(mode="after")
@@ -234,6 +231,25 @@ class HPA(Strict):
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
         return self
+
+
+class HPA(ReplicaBounds):
+    """Triton's: on the time requests wait in its queue."""
+
+    queue_time_target_us: int = Field(
+        gt=0,
+        description="Target of nv_inference_queue_duration_us per pod, as the metrics adapter serves it: "
+        "queue microseconds per request over the last minute (see kuberay/README.md).",
+    )
+
+
+class CPUHPA(ReplicaBounds):
+    """On CPU utilisation (metrics-server's, no adapter): for a CPU server
+    that answers from one process, where a busy core is the queue."""
+
+    cpu_utilization_target: int = Field(
+        ge=1, le=100, description="Average CPU use per pod, in percent of its request (= its limit)."
+    )
 
 
 class TritonSpec(Strict):
@@ -246,6 +262,39 @@ class TritonSpec(Strict):
     resources: Resources
     placement: Placement = Field(default_factory=Placement)
     autoscaling: HPA
+
+
+class MLServerSpec(Strict):
+    """MLServer (Seldon's Open Inference Protocol server) as a Deployment:
+    what `v2_model` nodes with `server: mlserver` call. Its scikit-learn
+    runtime runs on CPU: no GPU, no GPU node."""
+
+    name: str = Field("mlserver", pattern=DNS_1035)
+    image: Image = Field(description="MLServer with its scikit-learn runtime, at the scikit-learn and numpy the models "
+                         "were pickled with (kuberay/README.md, mlserver.yaml).")
+    models: list[str] = Field(
+        min_length=1, description="Registered models exported into the repository (every version of each); "
+        "each is served under its registry name."
+    )
+    http_port: int = Field(8080, ge=1, le=65535)
+    grpc_port: int = Field(8081, ge=1, le=65535)
+    metrics_port: int = Field(8082, ge=1, le=65535)
+    parallel_workers: int = Field(
+        0, ge=0, description="MLSERVER_PARALLEL_WORKERS: inference processes besides the server's; 0 runs the models "
+        "in the server process (a pod scales by replicas instead).",
+    )
+    resources: Resources
+    placement: Placement = Field(default_factory=Placement)
+    autoscaling: CPUHPA
+
+    @model_validator(mode="after")
+    def _distinct(self):
+        ports = [self.http_port, self.grpc_port, self.metrics_port]
+        if len(set(ports)) != len(ports):
+            raise ValueError(f"http_port, grpc_port and metrics_port must differ, got {ports}")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"models must be unique, got {self.models}")
+        return self
 
 
 class VLLMSpec(Strict):
@@ -280,6 +329,7 @@ class ClusterSpec(Strict):
     secrets: Secrets
     rayservice: RayServiceSpec
     triton: TritonSpec
+    mlserver: MLServerSpec
     vllm: VLLMSpec
     ingress: IngressSpec
     network: NetworkSpec

@@ -73,8 +73,10 @@ def test_every_rendered_manifest_passes_every_check(objects):
             assert problems(doc) == [], f"{name}: {validate.label(doc)}"
             kinds.append(doc["kind"])
     assert sorted(kinds) == sorted(
-        ["RayService", "Deployment", "Service", "HorizontalPodAutoscaler", "Deployment", "Service", "Ingress"]
-        + ["NetworkPolicy"] * (3 + len(SPEC.network.external_backends))
+        ["RayService", "Ingress"]
+        + ["Deployment", "Service", "HorizontalPodAutoscaler"] * 2  # Triton, MLServer
+        + ["Deployment", "Service"]  # vLLM
+        + ["NetworkPolicy"] * (4 + len(SPEC.network.external_backends))
     )
 
 
@@ -92,7 +94,7 @@ def test_serve_config_v2_is_the_cluster_serve_config_itself(rayservice):
 
 def test_the_cluster_serve_config_passes_the_app_arg_check():
     schema = check_file(PROJECT_ROOT / "configs" / "cluster.yaml")
-    assert [a.name for a in schema.applications] == ["recommend", "chat"]
+    assert [a.name for a in schema.applications] == ["recommend", "chat", "ensemble"]
     assert schema.http_options.host == "0.0.0.0"
     chat = schema.applications[1].args["model"]
     assert (chat["accelerator"], chat["accelerator_type"], chat["engine"]["dtype"]) == ("gpu", "L4", "bfloat16")
@@ -164,6 +166,56 @@ def test_triton_scales_on_its_queue_time_and_loads_the_registry_export(objects):
     init = deployment["spec"]["template"]["spec"]["initContainers"][0]
     assert init["command"][:4] == ["python", "-m", "kuberay.fetch", "triton"]
     assert {p["port"] for p in service["spec"]["ports"]} == {8000, 8001, 8002}
+
+
+def test_mlserver_serves_the_registry_export_on_cpu(objects):
+    """Its own Deployment + Service + HPA: the init container exports every
+    version of the spec's models with the fetch target, `mlserver start`
+    serves them, settings by MLSERVER_* (0.0.0.0 inside the pod), health on
+    the protocol's own routes, no GPU anywhere, scaled on CPU."""
+    deployment, service, hpa = objects["mlserver.yaml"]
+    for doc in (deployment, service, hpa):
+        assert problems(doc) == [], validate.label(doc)
+    pod = deployment["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["image"] == SPEC.platform_image
+    assert init["command"] == ["python", "-m", "kuberay.fetch", "mlserver", "--model", "ranker_sklearn", "--repository", "/models"]
+    (server,) = pod["containers"]
+    assert server["image"] == SPEC.mlserver.image
+    assert server["command"] == ["mlserver", "start", "/models"]
+    env = {e["name"]: e["value"] for e in server["env"]}
+    assert (env["MLSERVER_HOST"], env["MLSERVER_HTTP_PORT"], env["MLSERVER_GRPC_PORT"], env["MLSERVER_METRICS_PORT"]) == (
+        "0.0.0.0", "8080", "8081", "8082")
+    assert env["MLSERVER_LOAD_MODELS_AT_STARTUP"] == "true" and env["MLSERVER_DEBUG"] == "false"
+    assert {p["name"]: p["containerPort"] for p in server["ports"]} == {"http": 8080, "grpc": 8081, "metrics": 8082}
+    assert server["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert server["startupProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert server["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert server["resources"] == SPEC.mlserver.resources.manifest()
+    assert "nvidia.com/gpu" not in yaml.safe_dump(deployment) and "tolerations" not in pod and "nodeSelector" not in pod
+    assert {m["mountPath"]: m.get("readOnly", False) for m in server["volumeMounts"]} == {"/models": True, "/tmp": False}
+    assert {(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        ("http", 8080, "http"), ("grpc", 8081, "grpc"), ("metrics", 8082, "metrics")}
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "mlserver"}
+    assert hpa["spec"]["metrics"] == [{"type": "Resource", "resource": {
+        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": SPEC.mlserver.autoscaling.cpu_utilization_target}}}]
+
+
+def test_mlserver_policy_admits_the_ray_pods_and_prometheus_only(objects):
+    """Triton's policy, for MLServer: grpc and http from the Ray pods, metrics
+    from Prometheus's namespace; its init container may reach MLflow."""
+    from kuberay import network_policies
+
+    policies = {p["metadata"]["name"]: p for p in objects["network-policies.yaml"]}
+    from_ray, from_prometheus = policies["mlserver"]["spec"]["ingress"]
+    assert from_ray["from"] == [{"podSelector": network_policies.ray_pods(SPEC)}]
+    assert {p["port"] for p in from_ray["ports"]} == {8081, 8080}
+    assert from_prometheus["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert [p["port"] for p in from_prometheus["ports"]] == [8082]
+    assert policies["mlserver"]["spec"]["podSelector"]["matchLabels"] == objects["mlserver.yaml"][1]["spec"]["selector"]
+    mlflow_peers = policies["mlflow"]["spec"]["ingress"][0]["from"]
+    assert {"podSelector": {"matchLabels": objects["mlserver.yaml"][1]["spec"]["selector"]}} in mlflow_peers
 
 
 def test_vllm_server_is_vllms_own_openai_server(objects):
@@ -500,6 +552,11 @@ def test_the_cluster_spec_is_typed_and_strict():
         (lambda d: d["secrets"]["api_keys"].update(mount_path="/var/run/secrets/kubernetes.io/serviceaccount"),
          "service-account credentials"),
         (lambda d: d["secrets"].pop("api_keys"), "secrets.api_keys"),
+        (lambda d: d["mlserver"].update(image="seldonio/mlserver"), "needs a pinned tag or digest"),
+        (lambda d: d["mlserver"].update(metrics_port=8081), "http_port, grpc_port and metrics_port must differ"),
+        (lambda d: d["mlserver"].update(models=[]), "mlserver.models"),
+        (lambda d: d["mlserver"]["autoscaling"].update(cpu_utilization_target=0), "mlserver.autoscaling.cpu_utilization_target"),
+        (lambda d: d["mlserver"]["autoscaling"].update(min_replicas=5), "min_replicas 5 > max_replicas 4"),
     ],
 )
 def test_the_cluster_spec_refuses_what_would_not_run(edit, message):
@@ -550,6 +607,26 @@ def _serve_text(edit) -> str:
             "url": "http://serve-graphs-serve.serve-graphs.svc:8000/v1"}),
          "applications[0].args.graph.nodes.explain.config.api_key_env: unset, but 'http://serve-graphs-serve.serve-graphs.svc:8000/v1' "
          "is the chat app, which requires an API key"),
+        # The ensemble app (appended: the indices above stay): each model node calls the server that serves it.
+        (lambda c: c["applications"][2]["args"]["graph"]["nodes"]["sklearn"]["config"].update(url="triton.serve-graphs.svc:8001"),
+         "applications[2].args.graph.nodes.sklearn.config.url: 'triton.serve-graphs.svc:8001', but the MLServer Service is "
+         "'mlserver.serve-graphs.svc:8081'"),
+        (lambda c: c["applications"][2]["args"]["graph"]["nodes"]["sklearn"]["config"].update(url="127.0.0.1:8111"),
+         "but the MLServer Service is 'mlserver.serve-graphs.svc:8081'"),
+        (lambda c: c["applications"][2]["args"]["graph"]["nodes"]["sklearn"]["config"].update(protocol="http"),
+         "applications[2].args.graph.nodes.sklearn.config.url: 'mlserver.serve-graphs.svc:8081', but the MLServer Service is "
+         "'mlserver.serve-graphs.svc:8080'"),
+        (lambda c: c["applications"][2]["args"]["graph"]["nodes"]["sklearn"]["config"].update(model="ranker_xgboost"),
+         "applications[2].args.graph.nodes.sklearn.config.model: 'ranker_xgboost', but MLServer serves only ['ranker_sklearn']"),
+        (lambda c: c["applications"][2]["args"]["graph"]["nodes"]["sklearn"]["config"].update(server="triton"),
+         "applications[2].args.graph.nodes.sklearn.config.url: 'mlserver.serve-graphs.svc:8081', but the Triton Service is "
+         "'triton.serve-graphs.svc:8001'"),
+        (lambda c: c["applications"][2]["args"]["graph"]["nodes"]["onnx"]["config"].update(url="mlserver.serve-graphs.svc:8081"),
+         "applications[2].args.graph.nodes.onnx.config.url: 'mlserver.serve-graphs.svc:8081', but the Triton Service is"),
+        (lambda c: c["applications"][2]["args"]["graph"]["nodes"]["torch"]["config"].update(registry_uri="sqlite:///.local/mlflow/mlflow.db"),
+         "applications[2].args.graph.nodes.torch.config.registry_uri: 'sqlite:///.local/mlflow/mlflow.db', but the cluster's MLflow"),
+        (lambda c: c["applications"][2]["args"].pop("http"),
+         "applications[2].args.http.api_keys: none, so every route of application 'ensemble' would be open"),
     ],
 )
 def test_render_refuses_a_serve_config_that_disagrees_with_the_cluster(edit, message):
@@ -565,7 +642,7 @@ def test_the_key_files_follow_the_mount_path_of_the_cluster_spec():
     with pytest.raises(render.RenderError) as raised:
         render.manifests(ClusterSpec.model_validate(data), _serve_text(lambda c: None))
     lines = [line.split(":")[0] for line in str(raised.value).splitlines()[1:]]
-    assert lines == [f"applications[{a}].args.http.api_keys[{k}].file" for a in (0, 1) for k in (0, 1)]
+    assert lines == [f"applications[{a}].args.http.api_keys[{k}].file" for a in (0, 1, 2) for k in (0, 1)]
 
 
 def test_per_app_key_names_in_the_same_secret_render():
@@ -573,7 +650,8 @@ def test_per_app_key_names_in_the_same_secret_render():
         for key in config["applications"][1]["args"]["http"]["api_keys"]:
             key["file"] = f"/var/run/secrets/serve-graphs/api-keys/chat-{key['name']}"
 
-    assert set(render.manifests(SPEC, _serve_text(edit))) == {"rayservice.yaml", "triton.yaml", "vllm.yaml", "ingress.yaml", "network-policies.yaml"}
+    assert set(render.manifests(SPEC, _serve_text(edit))) == {
+        "rayservice.yaml", "triton.yaml", "mlserver.yaml", "vllm.yaml", "ingress.yaml", "network-policies.yaml"}
 
 
 def test_feast_cluster_repo_reads_redis_settings_from_the_environment(monkeypatch):
@@ -603,6 +681,7 @@ def registry(tmp_path_factory) -> str:
     for name, files, tags in [
         ("ranker", {"model.onnx": b"onnx bytes"}, {"input_features": '["u__age", "i__price", "i__popularity"]'}),
         ("tiny-llm", {"config.json": b"{}", "model.safetensors": b"weights"}, {}),
+        ("ranker_sklearn", {"model.pkl": b"pickle bytes", "MLmodel": b"flavors: {sklearn: {}}"}, {}),
     ]:
         folder = root / name
         folder.mkdir()
@@ -639,3 +718,55 @@ def test_llm_init_container_copies_the_aliased_folder(registry, tmp_path):
     dest = tmp_path / "tiny-llm"
     assert fetch.main(["--registry-uri", registry, "llm", "--model", "tiny-llm", "--dest", str(dest)]) == 0
     assert sorted(p.name for p in dest.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_mlserver_init_container_exports_an_mlserver_repository(registry, tmp_path, capsys):
+    """The rendered init container's own arguments: one folder per version,
+    the model-settings.json MLServer's scikit-learn runtime reads."""
+    import json
+
+    from kuberay import fetch, mlserver
+
+    args = mlserver.deployment(SPEC)["spec"]["template"]["spec"]["initContainers"][0]["command"][3:]
+    args[args.index("--repository") + 1] = str(tmp_path)
+    assert fetch.main(["--registry-uri", registry, *args]) == 0
+    assert "ranker_sklearn: versions 1 -> " in capsys.readouterr().out
+    version = tmp_path / "ranker_sklearn" / "1"
+    assert json.loads((version / "model-settings.json").read_text()) == {
+        "name": "ranker_sklearn", "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": "./model.pkl", "version": "1"},
+    }
+    assert (version / "model.pkl").read_bytes() == b"pickle bytes"
+
+
+def test_mlserver_init_container_fails_on_a_model_without_versions(registry, tmp_path):
+    """Else MLServer would start ready and answer every call "model not found"."""
+    from kuberay import fetch
+
+    with pytest.raises(ValueError, match="ranker_missing: no registered version"):
+        fetch.main(["--registry-uri", registry, "mlserver", "--model", "ranker_missing", "--repository", str(tmp_path)])
+
+
+def test_the_cluster_ensemble_is_the_local_one_with_cluster_endpoints():
+    """Same nodes, flow and output as configs/local.yaml's ensemble; only where
+    things are differs (Services, the cluster's MLflow, Feast on Redis), and the
+    torch node runs in its own deployment on a CPU of the CPU worker group."""
+    def ensemble(path: str) -> dict:
+        config = yaml.safe_load((PROJECT_ROOT / "configs" / path).read_text())
+        return next(a for a in config["applications"] if a["name"] == "ensemble")
+
+    local, cluster = ensemble("local.yaml"), ensemble("cluster.yaml")
+    assert cluster["route_prefix"] == local["route_prefix"] and cluster["import_path"] == local["import_path"]
+    where = {"url", "registry_uri", "repo_path"}
+    local_graph, cluster_graph = local["args"]["graph"], cluster["args"]["graph"]
+    assert {k: v for k, v in cluster_graph.items() if k != "nodes"} == {k: v for k, v in local_graph.items() if k != "nodes"}
+    assert list(cluster_graph["nodes"]) == list(local_graph["nodes"])
+    for name, node in cluster_graph["nodes"].items():
+        theirs = local_graph["nodes"][name]
+        assert (node["kind"], node["inputs"], node.get("dependency")) == (theirs["kind"], theirs["inputs"], theirs.get("dependency")), name
+        strip = lambda config: {k: v for k, v in config.items() if k not in where}  # noqa: E731
+        assert strip(node["config"]) == strip(theirs["config"]), name
+    torch = cluster_graph["nodes"]["torch"]
+    assert torch["placement"] == "deployment" and torch["ray_actor_options"] == {"num_cpus": 1}
+    assert torch["config"].get("device", "cpu") == "cpu"
+    assert cluster_graph["nodes"]["sklearn"]["config"]["url"] == f"{SPEC.service_host(SPEC.mlserver.name)}:{SPEC.mlserver.grpc_port}"

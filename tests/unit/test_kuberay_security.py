@@ -54,6 +54,7 @@ def test_the_pods_are_the_ones_expected(objects):
         ("ray-cpu", ["ray-worker"]),
         ("ray-gpu", ["ray-worker"]),
         ("triton", ["export-repository", "triton"]),
+        ("mlserver", ["export-repository", "mlserver"]),
         ("vllm", ["fetch-model", "vllm"]),
     ]
 
@@ -84,7 +85,7 @@ def test_every_container_of_every_manifest_has_least_privilege(objects):
             assert security["seccompProfile"] == {"type": "RuntimeDefault"}, where
             assert security["readOnlyRootFilesystem"] is (where not in WRITABLE_ROOT), where
             checked += 1
-    assert checked == 8
+    assert checked == 10
 
 
 def test_read_only_containers_get_a_volume_for_each_place_they_write(objects):
