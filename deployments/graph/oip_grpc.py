@@ -33,8 +33,6 @@ from tritonclient.grpc import service_pb2
 from deployments.errors import GraphError
 from deployments.graph.oip import ProtocolError
 
-SERVICER_FUNCTION = "tritonclient.grpc.service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
-
 STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,

@@ -168,3 +168,69 @@ def test_the_graphs_own_errors_keep_their_status():
     with pytest.raises(GraphError) as caught:
         infer(executor, v2({"name": "x", "datatype": "INT64", "shape": [1], "data": [5]}))
     assert caught.value.status == 404 and "user_id [5]" in oip.protocol_body(caught.value)["error"]
+
+
+# ---------------------------------------------------------------- over gRPC (deployments/graph/oip_grpc.py)
+
+
+def grpc_request(values: dict, raw: bool = True):
+    """A ModelInferRequest with raw contents (as tritonclient.grpc sends, BYTES
+    serialized by tritonclient's own helper) or with typed `contents`."""
+    from tritonclient.grpc import service_pb2
+    from tritonclient.utils import serialize_byte_tensor
+
+    message = service_pb2.ModelInferRequest(model_name="test", id="r-1")
+    for name, (datatype, array) in values.items():
+        tensor = message.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
+        if raw:
+            message.raw_input_contents.append(serialize_byte_tensor(array).tobytes() if datatype == "BYTES" else array.tobytes())
+        else:
+            field = {"INT64": "int64_contents", "FP32": "fp32_contents", "BOOL": "bool_contents", "BYTES": "bytes_contents"}[datatype]
+            getattr(tensor.contents, field).extend([v.encode() if isinstance(v, str) else v for v in array.reshape(-1).tolist()])
+    return message
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw contents", "typed contents"])
+def test_a_grpc_request_runs_the_graph_as_the_rest_one_does(executor, raw):
+    from deployments.graph import oip_grpc
+
+    values = {"user_id": ("INT64", np.array([3], dtype=np.int64)), "item_ids": ("INT64", np.array([5, 6], dtype=np.int64)),
+              "weight": ("FP32", np.array([0.5], dtype=np.float32)), "explain": ("BOOL", np.array([True])),
+              "note": ("BYTES", np.array(["héllo"], dtype=object))}
+    body, binary = oip_grpc.request_from_message(grpc_request(values, raw))
+    answer = asyncio.run(oip.infer_request(executor, "test", body, binary))
+    assert answer["id"] == "r-1"
+    outputs = {o["name"]: o["data"] for o in answer["outputs"]}
+    assert outputs["user_id"] == [3] and outputs["doubled"] == [6] and outputs["items"] == [5, 6]
+    assert outputs["note"] == ["héllo"] and outputs["explain"] == [True]
+
+
+def test_every_output_datatype_reads_back_with_tritonclient_grpc():
+    import tritonclient.grpc as triton_grpc
+
+    from deployments.graph import oip_grpc
+
+    outputs = [oip.output_tensor("n", 3), oip.output_tensor("f", [0.5, 1.5]), oip.output_tensor("b", [True, False]),
+               oip.output_tensor("s", ["a", "bé"]), oip.output_tensor("j", [{"x": 1}, None])]
+    message = oip_grpc.response_message({"model_name": "g", "model_version": "", "id": "r-1", "outputs": outputs,
+                                         "parameters": {"routes": json.dumps({"ab": "a"})}})
+    result = triton_grpc.InferResult(message)
+    assert result.as_numpy("n").tolist() == [3] and result.as_numpy("f").tolist() == [0.5, 1.5]
+    assert result.as_numpy("b").tolist() == [True, False]
+    assert [v.decode() for v in result.as_numpy("s")] == ["a", "bé"]
+    assert [json.loads(v) for v in result.as_numpy("j")] == [{"x": 1}, None]
+    assert result.get_response().id == "r-1" and json.loads(message.parameters["routes"].string_param) == {"ab": "a"}
+
+
+def test_raw_contents_that_do_not_match_the_inputs_are_refused():
+    from tritonclient.grpc import service_pb2
+
+    from deployments.graph import oip_grpc
+
+    message = service_pb2.ModelInferRequest(model_name="g")
+    message.inputs.add(name="user_id", datatype="INT64", shape=[1])
+    message.inputs.add(name="item_ids", datatype="INT64", shape=[1])
+    message.raw_input_contents.append(np.array([1], "<i8").tobytes())
+    with pytest.raises(GraphError, match="raw_input_contents holds 1 tensors for 2 inputs") as raised:
+        oip_grpc.request_from_message(message)
+    assert oip_grpc.status_code(raised.value).name == "INVALID_ARGUMENT"
