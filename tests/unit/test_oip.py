@@ -183,7 +183,7 @@ def grpc_request(values: dict, raw: bool = True):
     for name, (datatype, array) in values.items():
         tensor = message.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
         if raw:
-            message.raw_input_contents.append(serialize_byte_tensor(array).tobytes() if datatype == "BYTES" else array.tobytes())
+            message.raw_input_contents.append(serialize_byte_tensor(array).item() if datatype == "BYTES" else array.tobytes())
         else:
             field = {"INT64": "int64_contents", "FP32": "fp32_contents", "BOOL": "bool_contents", "BYTES": "bytes_contents"}[datatype]
             getattr(tensor.contents, field).extend([v.encode() if isinstance(v, str) else v for v in array.reshape(-1).tolist()])
