@@ -197,8 +197,10 @@ def test_the_vllm_engine_killed_is_restarted_and_chat_answers_again(chat_url, se
     # replica answers 503 until Serve stops it. Requests sent after that, while
     # no replica is up (the new engine loads for 10-40 s), wait in Serve and
     # end at http_options.request_timeout_s with Serve's own plain-text 408.
+    # The window is bounded by the wait above (300 s), not by a fast host's
+    # figure: on one slow CI host (a 55-minute run) the replacement took 123 s.
     request_timeout_s = serve_config["http_options"]["request_timeout_s"]
-    assert_fault_contract(summary, max_error_window_s=120.0,
+    assert_fault_contract(summary, max_error_window_s=300.0,
                           foreign=lambda f: f.status == 408 and f"timed out after {request_timeout_s:.1f}s" in f.snippet)
     # Each client holds one request at a time and a 408 takes request_timeout_s,
     # all of it inside an error window: a client gets at most one 408 per

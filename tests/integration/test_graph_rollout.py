@@ -139,7 +139,7 @@ def test_an_alias_on_a_version_triton_lacks_is_refused_and_the_old_one_keeps_ser
     held = wait_readiness(f"{rollout_url}/readyz", lambda r: "rollout held" in r.json()["checks"]["ranker"]["detail"])
     ranker = held.json()["checks"]["ranker"]
     assert ranker["ready"]
-    assert f"points to version {missing.version}, which Triton" in ranker["detail"]
+    assert f"points to version {missing.version}, which triton at " in ranker["detail"]  # the node's `server`
     assert "still serving version 1" in ranker["detail"]
 
     client.set_registered_model_alias("ranker", ALIAS, "2")  # a served version again: the rollout proceeds
