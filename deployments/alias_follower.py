@@ -51,7 +51,7 @@ class AliasFollower(Generic[Serving]):
             try:
                 await self.refresh()
             except Exception as error:  # the registry down: keep serving what we have
-                self.problem = f"registry: {_short(error)}"
+                self.problem = f"registry: {short_reason(error)}"
                 logger.warning("%s@%s: %s; still serving version %s", self.model, self.alias, self.problem, self.ref.version)
 
     async def refresh(self) -> ModelRef:
@@ -63,7 +63,7 @@ class AliasFollower(Generic[Serving]):
         try:
             serving = await self.adopt(new)
         except Exception as error:
-            reason = str(error) if isinstance(error, NotAdopted) else f"does not load ({type(error).__name__}: {_short(error)})"
+            reason = str(error) if isinstance(error, NotAdopted) else f"does not load ({type(error).__name__}: {short_reason(error)})"
             problem = f"{new.name}@{new.alias} points to version {new.version}, which {reason}; still serving version {self.ref.version}"
             if problem != self.problem:
                 logger.error(problem)
@@ -79,6 +79,6 @@ class AliasFollower(Generic[Serving]):
             self._poller = None
 
 
-def _short(error: BaseException) -> str:
+def short_reason(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0][:300] if text else type(error).__name__

@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from ray import serve
+from tritonclient.grpc import service_pb2
 
 from deployments.errors import BackendUnavailable, GraphError, InvalidInput
 from deployments.graph import oip, oip_grpc
@@ -284,21 +285,15 @@ class GraphIngress:
     # message in and out; `grpc_context` carries the metadata and the status.
 
     async def ServerLive(self, request: Any, grpc_context: Any = None) -> Any:
-        from tritonclient.grpc import service_pb2
-
         return await self._grpc(grpc_context, service_pb2.ServerLiveResponse(), lambda: service_pb2.ServerLiveResponse(live=True))
 
     async def ServerReady(self, request: Any, grpc_context: Any = None) -> Any:
-        from tritonclient.grpc import service_pb2
-
         async def ready() -> Any:
             return service_pb2.ServerReadyResponse(ready=all(ok for ok, _ in (await self.readiness.current()).values()))
 
         return await self._grpc(grpc_context, service_pb2.ServerReadyResponse(), ready)
 
     async def ModelReady(self, request: Any, grpc_context: Any = None) -> Any:
-        from tritonclient.grpc import service_pb2
-
         async def ready() -> Any:
             oip.check_model(request.name, self.executor.spec.name)
             return service_pb2.ModelReadyResponse(ready=all(ok for ok, _ in (await self.readiness.current()).values()))
@@ -306,8 +301,6 @@ class GraphIngress:
         return await self._grpc(grpc_context, service_pb2.ModelReadyResponse(), ready)
 
     async def ModelMetadata(self, request: Any, grpc_context: Any = None) -> Any:
-        from tritonclient.grpc import service_pb2
-
         def metadata() -> Any:
             oip.check_model(request.name, self.executor.spec.name)
             return oip_grpc.metadata_message(oip.model_metadata(self.executor.spec))
@@ -315,8 +308,6 @@ class GraphIngress:
         return await self._grpc(grpc_context, service_pb2.ModelMetadataResponse(), metadata)
 
     async def ModelInfer(self, request: Any, grpc_context: Any = None) -> Any:
-        from tritonclient.grpc import service_pb2
-
         async def infer() -> Any:
             body, binary = oip_grpc.request_from_message(request)
             return oip_grpc.response_message(await oip.infer_request(self.executor, request.model_name, body, binary))

@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from deployments.alias_follower import AliasFollower, NotAdopted
+from deployments.alias_follower import AliasFollower, NotAdopted, short_reason
 from deployments.errors import BackendTimeout, BackendUnavailable, public_reason
 from deployments.local_supervision import supervisor_note
 from deployments.nodes.base import Node, NodeSpec
@@ -91,7 +91,7 @@ class V2Model:
         try:
             ready = await asyncio.wait_for(self.client.is_model_ready(self.config.model, new.version), self.config.timeout_s)
         except Exception as error:
-            ready, reason = False, _short(error)
+            ready, reason = False, short_reason(error)
         else:
             reason = "not ready"
         if not ready:
@@ -187,7 +187,7 @@ class V2Model:
         try:
             ok = await asyncio.wait_for(self.client.is_model_ready(self.config.model, ref.version), self.config.timeout_s)
         except Exception as error:
-            detail = f"{self.config.url}: {_short(error) or type(error).__name__}"
+            detail = f"{self.config.url}: {short_reason(error) or type(error).__name__}"
             note = supervisor_note(self.config.url)
             return False, f"{detail}; {note}" if note else detail
         detail = f"{ref.name} version {ref.version} (@{ref.alias})"
@@ -200,11 +200,6 @@ class V2Model:
         if self._client is not None:
             await self._client.close()
             self._client = None
-
-
-def _short(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:300] if text else type(error).__name__
 
 
 class V2ModelNode(NodeSpec):
