@@ -13,7 +13,10 @@ The replica is `ray.serve.llm`'s LLMServer serving vLLM's own OpenAI app
 that runs the engine, so tokens stream without an extra ingress hop, and the
 OpenAI surface (validation, error format, streaming, usage, aborts on
 disconnect) is vLLM's. This module adds the registry: the model is resolved
-from `models:/<name>@<alias>` and `/v1/models` names the version.
+from `models:/<name>@<alias>`, `/v1/models` and every answer's
+`x-model-version` header name the version, and with `model.alias_poll_s`
+a moved alias rolls the app over to its new version
+(deployments/llm_rollout.py).
 
 `http:` in the args adds API keys, a body limit and request ids
 (deployments.http.security) in front of vLLM's app, rejecting in OpenAI's error shape.
@@ -36,8 +39,8 @@ from deployments.http import security
 from deployments.http.readiness import CachedReadiness, may_see_details, readiness_response
 from deployments.http.security.auth import app_path
 from deployments.http.security.errors import error_body, send_error
-from deployments.llm_engine import LLMModelConfig, llm_deployment, registry_source, resolve
-from deployments.llm_metrics import MeteredLLMServer
+from deployments.llm_engine import LLMModelConfig, registry_source, resolve
+from deployments.llm_rollout import FollowingLLMServer, llm_deployment
 
 __all__ = ["ChatArgs", "ChatHttpSecurity", "build"]
 
@@ -64,7 +67,7 @@ class ChatArgs(BaseModel):
     caller_sampling_ratio: Optional[float] = Field(None, ge=0, le=1, description=security.CALLER_SAMPLING_RATIO_DESCRIPTION)
 
 
-class RegistryLLMServer(MeteredLLMServer):
+class RegistryLLMServer(FollowingLLMServer):
     """LLMServer as the app's ingress: vLLM's OpenAI app plus the registry."""
 
     async def __init__(self, llm_config: Any, *, registry: dict[str, str], http: Optional[dict] = None,
@@ -94,6 +97,7 @@ class RegistryLLMServer(MeteredLLMServer):
         if HTTPException not in app.exception_handlers:
             app.add_exception_handler(HTTPException, openai_http_error)
         app.add_middleware(ChoicesLimit, max_n=self._max_n)  # inside the body limit: it reads a bounded body
+        app.add_middleware(ModelVersionHeader, version=self._registry["version"])
         if self._http is not None:
             security.install(app, self._http)
         else:
@@ -125,7 +129,8 @@ class RegistryLLMServer(MeteredLLMServer):
             await self.engine.check_health()
         except Exception as error:  # the engine process died or stalls
             return {"engine": (False, f"{type(error).__name__}: {error}")}
-        return {"engine": (True, f"{self._llm_config.model_id} answers")}
+        detail = f"{self._llm_config.model_id} version {self._registry['version']} answers"
+        return {"engine": (True, detail if self.alias_problem is None else f"{detail}; {self.alias_problem}")}
 
 
 async def openai_http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -159,6 +164,28 @@ class EngineDownGuard:
             message=f"the engine is down ({type(error).__name__}); Serve is replacing this replica, retry shortly",
             headers={"Retry-After": str(self.RETRY_AFTER_S)},
         )
+
+
+class ModelVersionHeader:
+    """ASGI middleware: every answer names the registered version of the
+    engine that gave it (`x-model-version`), so a client can tell versions
+    apart while an alias's new version rolls out (deployments/llm_rollout.py)."""
+
+    def __init__(self, app, version: str):
+        self.app = app
+        self.header = (b"x-model-version", version.encode())
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_version(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_version)
 
 
 class ChoicesLimit:

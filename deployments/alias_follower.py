@@ -26,6 +26,14 @@ Serving = TypeVar("Serving")
 class NotAdopted(Exception):
     """`adopt`'s refusal; its text completes "points to version N, which ..."."""
 
+    log_level = logging.ERROR
+
+
+class Pending(NotAdopted):
+    """Not a refusal: the version is on its way by other means (an LLM app's rolling update)."""
+
+    log_level = logging.INFO
+
 
 class AliasFollower(Generic[Serving]):
     def __init__(self, registry_uri: str, model: str, alias: str, poll_s: Optional[float], serving: Serving,
@@ -66,7 +74,7 @@ class AliasFollower(Generic[Serving]):
             reason = str(error) if isinstance(error, NotAdopted) else f"does not load ({type(error).__name__}: {short_reason(error)})"
             problem = f"{new.name}@{new.alias} points to version {new.version}, which {reason}; still serving version {self.ref.version}"
             if problem != self.problem:
-                logger.error(problem)
+                logger.log(error.log_level if isinstance(error, NotAdopted) else logging.ERROR, problem)
             self.problem = problem
             return self.ref
         logger.info("%s@%s: version %s -> %s", new.name, new.alias, self.ref.version, new.version)

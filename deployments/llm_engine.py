@@ -29,7 +29,10 @@ class EngineArgs(BaseModel):
         "float32", description="float32 on CPUs without AMX; bfloat16/float16 on GPUs."
     )
     tensor_parallel_size: int = Field(1, ge=1)
-    kv_cache_space_gib: float = Field(1.0, gt=0, description="CPU: VLLM_CPU_KVCACHE_SPACE (else vLLM reserves most of RAM).")
+    kv_cache_space_gib: int = Field(
+        1, ge=1, description="CPU: VLLM_CPU_KVCACHE_SPACE (else vLLM reserves most of RAM); whole GiB, as vLLM reads it "
+        "(a fraction failed only when the engine started)."
+    )
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU: share of GPU memory for weights and KV cache.")
     enforce_eager: bool = Field(True, description="No graph capture (CPU, fast start).")
     max_num_seqs: int = Field(16, ge=1, description="Sequences batched together by the scheduler.")
@@ -51,6 +54,15 @@ class LLMModelConfig(BaseModel):
     max_queued_requests: int = Field(
         128, ge=1, description="Requests that may wait for a replica beyond its 64 in flight; more get Serve's 503 "
         "at once instead of a queue that grows with the load."
+    )
+    alias_poll_s: Optional[float] = Field(
+        None, gt=0, description="Follow a moved alias: read it every this many seconds, and on a new version roll the "
+        "application's engines over to it (deployments/llm_rollout.py). None: the alias is read once, at build."
+    )
+    rollout_surge_percent: int = Field(
+        100, ge=0, le=100, description="Extra engine replicas while a new version rolls out (Serve's max_surge_percent): "
+        "100 starts each replacement before its old engine stops, so no request waits for an engine (it needs room "
+        "for one more engine, on GPUs one more GPU); 0 stops the old engine first."
     )
     engine_metrics: bool = Field(
         True,
@@ -138,7 +150,8 @@ def llm_config(model: LLMModelConfig, resolved: ResolvedModel) -> Any:
     # A dead engine fails the replica's health check (vLLM's check_health);
     # checked every 2 s, Serve replaces the replica within ~3 checks.
     options: dict[str, Any] = {"num_replicas": model.num_replicas, "max_ongoing_requests": 64,
-                               "max_queued_requests": model.max_queued_requests, "health_check_period_s": HEALTH_CHECK_PERIOD_S}
+                               "max_queued_requests": model.max_queued_requests, "health_check_period_s": HEALTH_CHECK_PERIOD_S,
+                               "max_surge_percent": model.rollout_surge_percent}
     hardware: dict[str, Any]
     if model.accelerator == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = f"{engine.kv_cache_space_gib:g}"
@@ -156,20 +169,4 @@ def llm_config(model: LLMModelConfig, resolved: ResolvedModel) -> Any:
         runtime_env={"env_vars": env},
         log_engine_metrics=False,  # see MeteredLLMServer
         **hardware,
-    )
-
-
-def llm_deployment(model: LLMModelConfig, resolved: ResolvedModel, *, name_prefix: str,
-                   deployment_cls: Any = None, bind_kwargs: Optional[dict[str, Any]] = None) -> Any:
-    """ray.serve.llm's deployment of one engine; its server class a
-    MeteredLLMServer (or a subclass), told whether to export engine metrics."""
-    from ray.serve.llm import build_llm_deployment
-
-    from deployments.llm_metrics import MeteredLLMServer
-
-    return build_llm_deployment(
-        llm_config(model, resolved),
-        name_prefix=name_prefix,
-        bind_kwargs={**(bind_kwargs or {}), "engine_metrics": model.engine_metrics},
-        deployment_cls=deployment_cls or MeteredLLMServer,
     )

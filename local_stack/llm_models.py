@@ -34,8 +34,9 @@ it matches the user's taste. The capital of France is Paris. Machine learning pl
 requests with low latency and high throughput."""
 
 
-def build_tiny_llama(out: Path) -> Path:
-    """A 2-layer Llama (hidden 128, head_dim 32) with its own BPE tokenizer."""
+def build_tiny_llama(out: Path, seed: int = 0) -> Path:
+    """A 2-layer Llama (hidden 128, head_dim 32) with its own BPE tokenizer;
+    another `seed`, other weights (a second version that answers otherwise)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -56,7 +57,7 @@ def build_tiny_llama(out: Path) -> Path:
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(out)
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(fast),
         hidden_size=128,

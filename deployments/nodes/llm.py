@@ -181,7 +181,8 @@ class LLMNode(NodeSpec):
         """`mode: embedded`: its engine, ray.serve.llm's LLMServer, in the graph's application."""
         if not isinstance(self.config, EmbeddedLLMConfig):
             return None
-        from deployments.llm_engine import llm_deployment, resolve
+        from deployments.llm_engine import resolve
+        from deployments.llm_rollout import llm_deployment
 
         engine = self.config.engine
         return llm_deployment(engine, resolve(engine), name_prefix=f"GraphLLM:{name}:")

@@ -49,6 +49,16 @@ def test_the_recommend_graph_points_at_the_local_stack():
             f"{NODES}.explain.llm.config.embedded.engine.engine.dtype",
             "Input should be",
         ),
+        (  # vLLM reads VLLM_CPU_KVCACHE_SPACE as an integer: a fraction failed only inside the engine's start
+            lambda g: g["nodes"]["explain"].update(config={"mode": "embedded", "engine": {"name": "smollm2", "engine": {"kv_cache_space_gib": 0.5}}}),
+            f"{NODES}.explain.llm.config.embedded.engine.engine.kv_cache_space_gib",
+            "valid integer",
+        ),
+        (
+            lambda g: g["nodes"]["explain"].update(config={"mode": "embedded", "engine": {"name": "smollm2", "rollout_surge_percent": 150}}),
+            f"{NODES}.explain.llm.config.embedded.engine.rollout_surge_percent",
+            "less than or equal to 100",
+        ),
     ],
 )
 def test_bad_args_are_named_by_path(mutate, path, reason):
@@ -135,7 +145,8 @@ def test_engine_metrics_switch_reaches_the_engine_and_the_server(engine_metrics,
     # ray.serve.llm reads the driver's runtime_env, which would start a local
     # Ray cluster in this unit test (Ray's auto-init): the driver has none.
     monkeypatch.setattr(ray, "get_runtime_context", lambda: types.SimpleNamespace(runtime_env={}))
-    from deployments.llm_engine import LLMModelConfig, ResolvedModel, llm_config, llm_deployment
+    from deployments.llm_engine import LLMModelConfig, ResolvedModel, llm_config
+    from deployments.llm_rollout import llm_deployment
     from deployments.llm_metrics import MeteredLLMServer
 
     args = {"name": "tiny-llama"} if engine_metrics else {"name": "tiny-llama", "engine_metrics": False}

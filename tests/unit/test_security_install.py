@@ -158,15 +158,16 @@ def test_the_chat_replica_guards_vllms_app(monkeypatch):
     server._registry, server._http = {"version": "1"}, ChatHttpSecurity.model_validate(KEYS)
     server._llm_config, server.engine = types.SimpleNamespace(model_id="smollm2"), types.SimpleNamespace(check_health=healthy)
     server._keys_on, server._readiness, server._max_n = True, CachedReadiness(server._engine_check, name="chat"), 4
-    server._caller_sampling_ratio = None
+    server._caller_sampling_ratio, server.alias_follower = None, None
     client = TestClient(asyncio.run(server.__serve_build_asgi_app__()))
 
     assert client.get("/readyz").json() == {"ready": True, "checks": {"engine": {"ready": True}}}, "open, and quiet without a key"
     keyed = client.get("/readyz", headers={"Authorization": f"Bearer {KEY}"}).json()
-    assert (keyed["model"], keyed["registry"], keyed["checks"]["engine"]["detail"]) == ("smollm2", {"version": "1"}, "smollm2 answers")
+    assert (keyed["model"], keyed["registry"], keyed["checks"]["engine"]["detail"]) == ("smollm2", {"version": "1"}, "smollm2 version 1 answers")
     rejected = client.post("/v1/chat/completions")
     assert rejected.status_code == 401
     assert rejected.json()["error"] == {
         "message": rejected.json()["error"]["message"], "type": "invalid_request_error", "param": None, "code": "missing_api_key"
     }
-    assert client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    answered = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"})
+    assert (answered.status_code, answered.headers["x-model-version"]) == (200, "1")
