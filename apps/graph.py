@@ -44,12 +44,31 @@ def in_process(args: GraphArgs | dict[str, Any]) -> GraphExecutor:
     return executor
 
 
+def refuse_what_the_registry_lacks(args: GraphArgs) -> None:
+    """GraphSpecError naming each key whose registry artifact is missing
+    (a drift monitor's or an outlier node's reference sample), before any
+    replica starts: parsing has no registry to ask."""
+    from deployments.graph.validate import GraphSpecError, Problem
+    from deployments.registry import missing_run_artifact
+
+    problems = [Problem(f"graph.nodes.{name}.{key}", reason)
+                for name, node in args.graph.nodes.items() for key, reason in node.registry_problems()]
+    if args.drift is not None:
+        model = args.graph.nodes[args.drift.model_node].config
+        missing = missing_run_artifact(model.registry_uri, model.model, model.alias, args.drift.reference_artifact)
+        if missing is not None:
+            problems.append(Problem("drift.reference_artifact", missing))
+    if problems:
+        raise GraphSpecError(problems)
+
+
 def build(args: GraphArgs) -> Any:
     """The Serve builder: Serve validates `args` against the annotation (a bad
     graph fails the deploy, each problem named by its path) and calls this."""
     from deployments.graph.serving import GraphIngress, GraphNode
 
     args = parse_args(args)
+    refuse_what_the_registry_lacks(args)
     companions = {name: node.companion(name) for name, node in args.graph.nodes.items()}
     companions = {name: companion for name, companion in companions.items() if companion is not None}
     apart = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Optional
 
 from pydantic import BaseModel, Field
 
@@ -64,11 +65,9 @@ class MissingArtifact(LookupError):
     pass
 
 
-def download_run_artifact(registry_uri: str, name: str, version: str, artifact_path: str) -> Path:
-    """Local copy of one artifact of the run that produced a registered
-    version (the training step's reference sample); MissingArtifact when the
-    run has no such artifact."""
-    import mlflow
+def run_of_artifact(registry_uri: str, name: str, version: str, artifact_path: str) -> str:
+    """The run that produced a registered version, if it holds
+    `artifact_path`; MissingArtifact when it does not."""
     from mlflow import MlflowClient
 
     uri = resolve_registry_uri(registry_uri)
@@ -77,4 +76,24 @@ def download_run_artifact(registry_uri: str, name: str, version: str, artifact_p
     folder, _, _ = artifact_path.rpartition("/")
     if not run_id or artifact_path not in {a.path for a in client.list_artifacts(run_id, folder or None)}:
         raise MissingArtifact(f"{name} version {version} has no artifact {artifact_path} (run {run_id})")
+    return run_id
+
+
+def missing_run_artifact(registry_uri: str, name: str, alias: str, artifact_path: str) -> Optional[str]:
+    """Why the version `alias` names has no `artifact_path` in its run, or None (a build-time check)."""
+    try:
+        run_of_artifact(registry_uri, name, resolve_alias(registry_uri, name, alias).version, artifact_path)
+    except MissingArtifact as error:
+        return str(error)
+    return None
+
+
+def download_run_artifact(registry_uri: str, name: str, version: str, artifact_path: str) -> Path:
+    """Local copy of one artifact of the run that produced a registered
+    version (the training step's reference sample); MissingArtifact when the
+    run has no such artifact."""
+    import mlflow
+
+    run_id = run_of_artifact(registry_uri, name, version, artifact_path)
+    uri = resolve_registry_uri(registry_uri)
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, tracking_uri=uri))

@@ -29,6 +29,8 @@ class DriftConfig(BaseModel):
                                     description="The artifact, in the run of the model's version, with the training features.")
     window: int = Field(300, ge=30, le=100_000, description="Requests per window: the latest this many, one row each.")
     check_every_s: float = Field(10.0, ge=0.5, le=3600, description="How often the window is compared with the reference.")
+    check_timeout_s: float = Field(60.0, gt=0, le=3600, description="A check that takes longer is given up and counted "
+                                   "(outcome timeout); none starts while it still runs (outcome skipped).")
     drift_share: float = Field(0.5, gt=0, le=1, description="Share of drifted columns from which the window counts as drifted.")
     method: Optional[str] = Field(None, min_length=1, description="Evidently's per-column test for every column (ks, "
                                   "wasserstein, psi, ...); default: Evidently's choice by column type and size.")

@@ -9,11 +9,15 @@ reference), in a worker thread, and exports the verdict:
     ray_graph_drift_share{graph}                         share of drifted columns
     ray_graph_feature_drift_score{graph, feature, method}  each column's statistic
     ray_graph_feature_drifted{graph, feature}            1 while that column drifts
-    ray_graph_drift_checks_total{graph, outcome}         ok / failed (a detector that raised)
+    ray_graph_drift_checks_total{graph, outcome}         ok / failed (a detector that raised) /
+                                                         timeout (slower than check_timeout_s) /
+                                                         skipped (the timed-out one still runs)
 
 The gauges are set again every few seconds between checks (Ray drops a
-gauge's series ~20 s after its last set). A detector that raises or is slow affects no request: the ingress only
-sends rows, and a failed check is counted and logged.
+gauge's series ~20 s after its last set). A detector that raises or is slow
+affects no request: the ingress only sends rows, and a failed or slow check
+is counted and logged; a slow one's thread is left to finish, and no other
+check starts beside it.
 """
 from __future__ import annotations
 
@@ -57,6 +61,7 @@ class DriftMonitor:
         self.last: Optional[DriftVerdict] = None
         self.last_error = ""
         self.checks = collections.Counter()
+        self._running: Optional[asyncio.Future] = None  # the check under way
         ref = resolve_alias(registry_uri, model, alias)
         try:
             self._use(ref.version, ref.input_features)
@@ -102,22 +107,35 @@ class DriftMonitor:
     async def _check(self) -> None:
         if len(self.window) < self.config.window:
             return  # no verdict on a partial window: too few rows to say either way
-        rows = list(self.window)
+        if self._running is not None and not self._running.done():
+            self._not_checked("skipped", "the previous check, past its check_timeout_s, still runs")
+            return
+        self._running = asyncio.ensure_future(self._verdict(list(self.window)))
+        self._running.add_done_callback(lambda done: done.cancelled() or done.exception())  # a late failure: no warning
         try:
-            ref = await asyncio.to_thread(self._current_alias)
-            if ref is not None:
-                await asyncio.to_thread(self._use, *ref)
-            verdict = await asyncio.to_thread(self.detector.check, rows)
+            verdict = await asyncio.wait_for(asyncio.shield(self._running), self.config.check_timeout_s)
+        except asyncio.TimeoutError:
+            self._not_checked("timeout", f"the check took over check_timeout_s={self.config.check_timeout_s:g} s")
+            return
         except Exception as error:  # a failing detector is counted, never a request's failure
-            self.checks["failed"] += 1
-            self.last_error = f"{type(error).__name__}: {error}"[:500]
-            self._metrics.checked(self.graph, "failed")
-            logger.warning("drift check of graph %s failed: %s", self.graph, self.last_error)
+            self._not_checked("failed", f"{type(error).__name__}: {error}")
             return
         self.checks["ok"] += 1
         self.last = verdict
         self._metrics.checked(self.graph, "ok")
         self._metrics.verdict(self.graph, self.model, self.version, verdict)
+
+    async def _verdict(self, rows: list[dict[str, float]]) -> DriftVerdict:
+        ref = await asyncio.to_thread(self._current_alias)
+        if ref is not None:
+            await asyncio.to_thread(self._use, *ref)
+        return await asyncio.to_thread(self.detector.check, rows)
+
+    def _not_checked(self, outcome: str, reason: str) -> None:
+        self.checks[outcome] += 1
+        self.last_error = reason[:500]
+        self._metrics.checked(self.graph, outcome)
+        logger.warning("drift check of graph %s: %s: %s", self.graph, outcome, self.last_error)
 
     def _current_alias(self) -> Optional[tuple[str, list[str]]]:
         """(version, its input features) when the alias moved since the last check."""
@@ -155,7 +173,8 @@ class _Metrics:
         self.drifted = metrics.Gauge("graph_feature_drifted", tag_keys=("graph", "feature"),
                                      description="1 while a column's distribution drifts, latest window.")
         self.checks = metrics.Counter("graph_drift_checks_total", tag_keys=("graph", "outcome"),
-                                      description="Drift checks of a graph's traffic: ok, or failed (the detector raised).")
+                                      description="Drift checks of a graph's traffic: ok, failed (the detector raised), timeout "
+                                      "(slower than check_timeout_s) or skipped (a timed-out check still ran).")
 
     def checked(self, graph: str, outcome: str) -> None:
         if self.enabled:

@@ -133,6 +133,11 @@ class NodeSpec(Strict):
         """A Serve deployment (bound) this node needs in the graph's application, or None."""
         return None
 
+    def registry_problems(self) -> list[tuple[str, str]]:
+        """What the Serve build refuses after asking the registry, as (key
+        under the node, reason): parsing has no registry to ask."""
+        return []
+
     def needs_gpu(self) -> bool:
         return bool(self.ray_actor_options and self.ray_actor_options.num_gpus)
 

@@ -32,7 +32,7 @@ from pydantic import Field
 
 from deployments.nodes.base import Node, NodeSpec, Strict
 from deployments.nodes.feature_lookup import FeatureFrame
-from deployments.registry import MissingArtifact, download_run_artifact, resolve_alias, served
+from deployments.registry import MissingArtifact, download_run_artifact, missing_run_artifact, resolve_alias, served
 
 
 class OutlierConfig(Strict):
@@ -54,6 +54,11 @@ class OutlierNode(NodeSpec):
 
     def build(self, name: str, companion: Any = None) -> Node:
         return OutlierDetector(self.config)
+
+    def registry_problems(self) -> list[tuple[str, str]]:
+        config = self.config
+        missing = missing_run_artifact(config.registry_uri, config.model, config.alias, config.reference_artifact)
+        return [] if missing is None else [("config.reference_artifact", missing)]
 
 
 class OutlierDetector(Node):

@@ -8,6 +8,11 @@ none, and otherwise judges the step's window (policy.py): it holds, steps
 up, promotes (moves the champion alias) or rolls back, and records the
 decision in the registry before anyone routes by it. The replicas' reports
 add to the window; the answer to each report is the weights to route by.
+
+With the registry away, the rollout holds its step (a step up or a
+promotion needs the registry), but a breach still rolls back at once: the
+challenger's weight drops to 0 here, and the decision is written to the
+registry as soon as it answers again.
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ class Rollout:
         self.weight: Optional[float] = None  # until the first tick has read the registry
         self.last: Optional[Verdict] = None
         self.problem = ""
+        self.unsaved: Optional[RolloutState] = None  # a rollback decided while the registry was away
 
     def weights(self) -> Optional[list[float]]:
         return None if self.weight is None else self.plan.weights(self.weight)
@@ -56,12 +62,14 @@ class Rollout:
     async def tick(self, drifted: Optional[bool] = None, on_decision: Optional[OnDecision] = None) -> None:
         try:
             champion, challenger, state = await asyncio.to_thread(self.store.current)
-        except Exception as error:  # the registry away: keep routing as now, say why
-            self.problem = f"registry: {type(error).__name__}: {error}"[:300]
-            logger.warning("rollout %s: %s; weights unchanged", self.plan.key, self.problem)
+        except Exception as error:  # the registry away: hold, unless the challenger breaches a guard
+            self._registry_away(error)
+            self._judge_offline(drifted, on_decision)
             return
         self.problem = ""
         now = self.clock()
+        if self.unsaved is not None:
+            state = await self._save_rollback(state)
         if (champion, challenger) != self.versions:
             self.versions, self.window, self.baseline = (champion, challenger), StepWindow(), None
         decided: list[tuple[str, str]] = []
@@ -90,9 +98,12 @@ class Rollout:
     async def _act(self, state: RolloutState, verdict: Verdict, now: float) -> tuple[str, str]:
         config = self.plan.config
         if verdict.decision == "rollback":
-            state.status, state.weight, state.reason = "rolled_back", 0.0, verdict.reason
-            state.event(now, "rolled_back", verdict.reason)
-            await asyncio.to_thread(self.store.save, state)
+            self._roll_back(state, verdict, now)
+            try:
+                await asyncio.to_thread(self.store.save, state)
+                self.unsaved = None
+            except Exception as error:  # routed by at once all the same; saved when the registry answers
+                self._registry_away(error)
             return "rolled_back", verdict.reason
         if self.window.champion.requests >= config.min_requests:
             self.baseline = self.window.champion
@@ -110,6 +121,44 @@ class Rollout:
         state.event(now, "promoted")
         await asyncio.to_thread(self.store.save, state)
         return "promoted", f"{self.plan.champion_alias} -> v{state.challenger_version}"
+
+    def _roll_back(self, state: RolloutState, verdict: Verdict, now: float) -> None:
+        state.status, state.weight, state.reason = "rolled_back", 0.0, verdict.reason
+        state.event(now, "rolled_back", verdict.reason)
+        self.unsaved = state
+
+    def _registry_away(self, error: Exception) -> None:
+        self.problem = f"registry: {type(error).__name__}: {error}"[:300]
+        logger.warning("rollout %s: %s; holding (a breach still rolls back)", self.plan.key, self.problem)
+
+    def _judge_offline(self, drifted: Optional[bool], on_decision: Optional[OnDecision]) -> None:
+        """The registry away: the running step's window judged as ever; only a rollback is acted on."""
+        state = self.state
+        if state is None or state.status != "running":
+            return
+        now = self.clock()
+        verdict = judge(self.plan.config, state.step, now - state.step_started_at, self.window, self.baseline, drifted)
+        self.last = verdict
+        if verdict.decision != "rollback":
+            return
+        self._roll_back(state, verdict, now)
+        self.weight = 0.0
+        logger.warning("rollout %s: rolled_back (%s) with the registry away; recorded once it answers",
+                       self.plan.key, verdict.reason)
+        if on_decision is not None:
+            on_decision(self.plan, "rolled_back", verdict.reason, state)
+
+    async def _save_rollback(self, state: Optional[RolloutState]) -> Optional[RolloutState]:
+        """The rollback decided while the registry was away, written now if
+        the record is still the running one of the same versions."""
+        pending = self.unsaved
+        assert pending is not None
+        same = state is not None and state.status == "running" and \
+            (state.champion_version, state.challenger_version) == (pending.champion_version, pending.challenger_version)
+        if same:
+            await asyncio.to_thread(self.store.save, pending)
+        self.unsaved = None
+        return pending if same else state
 
     def status(self) -> dict[str, Any]:
         state = self.state

@@ -186,3 +186,51 @@ def test_a_detector_that_raises_is_counted_and_the_monitor_keeps_receiving(regis
 def test_a_version_without_its_reference_sample_is_refused_with_the_path_of_the_key(registry):
     with pytest.raises(ValueError, match=r"^drift.reference_artifact: scorer version 2 has no artifact reference/features.parquet"):
         asyncio.run(built_monitor(registry, "bare"))
+
+
+def test_the_build_refuses_reference_samples_the_alias_s_version_lacks_naming_each_key(registry):
+    """Before any replica starts: the drift monitor's and an outlier node's reference, each by its key's path."""
+    from apps.graph import build
+
+    def args_on(alias: str) -> dict:
+        args = graph_with({"features_node": "features", "model_node": "ranker"})
+        args["graph"]["nodes"]["ranker"]["config"].update(model="scorer", alias=alias, registry_uri=registry)
+        args["graph"]["nodes"]["odd"] = {"kind": "outlier", "config": {"model": "scorer", "alias": alias, "registry_uri": registry},
+                                         "inputs": {"features": "features"}, "dependency": "soft"}
+        args["graph"]["flow"]["steps"].append({"kind": "node", "node": "odd"})
+        return args
+
+    with pytest.raises(GraphSpecError) as raised:
+        build(args_on("bare"))
+    found = {problem.path: problem.message for problem in raised.value.problems}
+    assert set(found) == {"drift.reference_artifact", "graph.nodes.odd.config.reference_artifact"}
+    assert all(message.startswith("scorer version 2 has no artifact reference/features.parquet") for message in found.values())
+    assert build(args_on("champion")) is not None
+
+
+def test_a_slow_detector_is_given_up_counted_and_never_doubled_while_rows_still_arrive(registry):
+    import threading
+
+    release = threading.Event()
+
+    async def scenario():
+        monitor = await built_monitor(registry, "champion", check_timeout_s=0.2)
+        try:
+            monitor.detector.check = lambda rows: release.wait(60)  # a detector stuck past its bound
+            await monitor.add(sample(30, seed=8).to_dict("records"))
+            timed_out = await monitor.check_now()
+            still_running = not monitor._running.done()
+            skipped = await monitor.check_now()  # the stuck one still runs: no second beside it
+            window = await monitor.add(sample(5, seed=9).to_dict("records"))
+            release.set()
+            await asyncio.wait_for(monitor._running, 30)
+            return timed_out, still_running, skipped, window
+        finally:
+            release.set()
+            monitor._loop_task.cancel()
+
+    timed_out, still_running, skipped, window = asyncio.run(scenario())
+    assert timed_out["checks"] == {"timeout": 1} and "check_timeout_s=0.2" in timed_out["last_error"]
+    assert still_running, "the check was given up at its bound, not waited for"
+    assert skipped["checks"] == {"timeout": 1, "skipped": 1} and timed_out["verdict"] is None
+    assert window == 30

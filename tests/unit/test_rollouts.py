@@ -248,6 +248,62 @@ def test_a_failing_challenger_is_rolled_back_at_once_and_stays_back(registry):
     assert rollouts.weights() == {"ab": [1.0, 0.0]}
 
 
+class Flaky:
+    """The registry store, made to fail while `away`."""
+
+    def __init__(self, store):
+        self.store, self.away = store, False
+
+    def __getattr__(self, name):
+        def call(*args):
+            if self.away:
+                raise ConnectionError("registry unreachable")
+            return getattr(self.store, name)(*args)
+        return call
+
+
+@pytest.mark.parametrize("away_from", ["the tick", "the save"])
+def test_a_breach_while_the_registry_is_away_rolls_back_at_once_and_is_recorded_when_it_answers(registry, away_from):
+    client, clock, rollouts, _ = started_loop(registry)
+    (rollout,) = rollouts.rollouts.values()
+    rollout.store = flaky = Flaky(rollout.store)
+    decisions = []
+    rollouts.on_decision = lambda plan, decision, reason, state: decisions.append(decision)
+    if away_from == "the save":  # the aliases read, then the registry gone before the decision is written
+        flaky.current = lambda: (flaky.store.current(), setattr(flaky, "away", True))[0]
+    else:
+        flaky.away = True
+    rollouts.report(traffic((90, 0), (10, 6)))
+    clock.now += 1
+    asyncio.run(rollouts.tick())
+    assert rollouts.weights() == {"ab": [1.0, 0.0]}, "the challenger loses its traffic with the registry away"
+    assert decisions == ["rolled_back"] and rollout.problem.startswith("registry: ConnectionError")
+    assert record(client, "2")["status"] == "running", "not written yet"
+    if away_from == "the save":
+        del flaky.current  # wholly away now
+    asyncio.run(rollouts.tick())  # still away: nothing decided twice
+    assert decisions == ["rolled_back"] and rollouts.weights() == {"ab": [1.0, 0.0]}
+    flaky.away = False
+    asyncio.run(rollouts.tick())
+    kept = record(client, "2")
+    assert kept["status"] == "rolled_back" and kept["reason"].startswith("error_rate: challenger 0.600")
+    assert rollouts.weights() == {"ab": [1.0, 0.0]} and rollout.problem == ""
+
+
+def test_with_the_registry_away_a_healthy_step_holds(registry):
+    client, clock, rollouts, _ = started_loop(registry)
+    (rollout,) = rollouts.rollouts.values()
+    rollout.store = flaky = Flaky(rollout.store)
+    flaky.away = True
+    rollouts.report(traffic((90, 0), (10, 0)))
+    clock.now += 61  # the dwell is over: it would step up
+    asyncio.run(rollouts.tick())
+    assert rollouts.weights() == {"ab": [0.9, 0.1]} and record(client, "2")["step"] == 0
+    flaky.away = False
+    asyncio.run(rollouts.tick())
+    assert rollouts.weights() == {"ab": [0.5, 0.5]}, "steps up once the registry answers"
+
+
 def test_a_restarted_controller_and_a_new_replica_route_as_the_record_says(registry):
     client, clock, rollouts, rollout_plans = started_loop(registry)
     _, uri = registry
