@@ -168,9 +168,9 @@ def main() -> None:
         print(f"  OpenAPI docs: {base}/recommend/docs")
         print(f"  traces (the latest traced request's, as a tree; 5 % are traced, and any sent with -H 'traceparent: 00-<32 hex>-<16 hex>-01'):\n"
               f"    .venv/bin/python -m observability.tracing {temp_dir}/session_latest/logs/serve/spans")
-        print(f"  payloads (every request, its answer, features and scores, as CloudEvents in .local/payloads/recommend):\n"
+        print(f"  payloads (one request in five, with its answer, features and scores, as CloudEvents in .local/payloads/recommend):\n"
               f"    .venv/bin/python -m cli.payloads {args.config} -n 5        # --json for whole records")
-        print(f"  drift (the latest 300 requests vs the ranker's training data): send a shifted user mix, then read the flag:\n"
+        print(f"  drift (the latest 300 logged requests vs the ranker's training data): send a shifted user mix, then read the flag:\n"
               f"    .venv/bin/python -m local_stack.traffic --url {base}/recommend --mix shifted\n"
               f"    curl -s http://127.0.0.1:{args.metrics_port}/metrics | grep -E 'ray_graph_(drift_detected|feature_drifted)'")
         if "ensemble" in apps:

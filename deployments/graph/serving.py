@@ -198,7 +198,7 @@ class GraphIngress:
         if monitor is not None:
             from deployments.monitoring.feed import DriftFeed
 
-            self.executor.monitor = DriftFeed(args.drift, send=lambda rows: monitor.add.remote(rows))
+            self.executor.monitor = DriftFeed(args.drift, send=lambda rows: monitor.add.remote(rows), graph=args.graph.name)
         if rollouts is not None:
             from deployments.graph.rollout_plans import plans
             from deployments.rollouts.feed import RolloutFeed, initial_weights

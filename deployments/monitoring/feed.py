@@ -10,6 +10,7 @@ unit the reference sample is made of (one training interaction per row).
 
 Rows wait in a bounded list (beyond `MAX_WAITING`, dropped and counted):
 a monitor that is down or slow costs the replica nothing but the rows.
+`ray_graph_drift_rows_total{graph, outcome}` counts them, sent or dropped.
 """
 from __future__ import annotations
 
@@ -46,8 +47,11 @@ class DriftFeed:
     a task on the replica's loop sends what gathered to `send(rows)`."""
 
     def __init__(self, config: DriftConfig, send: Callable[[list[dict[str, float]]], Awaitable[Any]],
-                 draw: Callable[[int], int] = lambda n: random.randrange(n)):
+                 draw: Callable[[int], int] = lambda n: random.randrange(n), graph: str = ""):
         self.config = config
+        self.graph = graph
+        self._metric = _rows_metric()
+        self._counted = {"sent": 0, "dropped": 0}
         self._send = send
         self._draw = draw
         self.waiting: list[dict[str, float]] = []
@@ -68,16 +72,35 @@ class DriftFeed:
     async def flush(self) -> None:
         """Send what waits now (tests; the task does it every send_every_s)."""
         rows, self.waiting = self.waiting, []
-        if not rows:
-            return
-        try:
-            await self._send(rows)
-            self.sent += len(rows)
-        except Exception as error:  # the monitor down or restarting: these rows are lost, the next go
-            self.dropped += len(rows)
-            logger.warning("drift monitor unavailable, %d rows dropped: %s", len(rows), error)
+        if rows:
+            try:
+                await self._send(rows)
+                self.sent += len(rows)
+            except Exception as error:  # the monitor down or restarting: these rows are lost, the next go
+                self.dropped += len(rows)
+                logger.warning("drift monitor unavailable, %d rows dropped: %s", len(rows), error)
+        self._count()
+
+    def _count(self) -> None:
+        """What was sent and dropped since the last flush, into Ray's counter (once per flush, not per row)."""
+        for outcome, total in (("sent", self.sent), ("dropped", self.dropped)):
+            if self._metric is not None and total > self._counted[outcome]:
+                self._metric.inc(total - self._counted[outcome], tags={"graph": self.graph, "outcome": outcome})
+            self._counted[outcome] = total
 
     async def _send_forever(self) -> None:
         while True:
             await asyncio.sleep(self.config.send_every_s)
             await self.flush()
+
+
+def _rows_metric():
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    from ray.serve import metrics
+
+    return metrics.Counter("graph_drift_rows_total", tag_keys=("graph", "outcome"),
+                           description="Rows of a graph's traffic for its drift monitor: sent, or dropped (the monitor "
+                           "down or slow, or more than MAX_WAITING waiting).")

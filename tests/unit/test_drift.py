@@ -74,8 +74,15 @@ def test_the_feed_sends_rows_in_batches_and_counts_what_a_down_monitor_loses():
     frame = FeatureFrame({"u__age": [0.3]}, {}, {})
     state = {"features": frame, "ranker": {"scores": [0.5]}}
 
+    counted = []
+
+    class Counter:  # Ray's counter, recording
+        def inc(self, value, tags):
+            counted.append((tags["outcome"], value))
+
     async def scenario():
-        feed = DriftFeed(config, send)
+        feed = DriftFeed(config, send, graph="g")
+        feed._metric = Counter()
         for _ in range(3):
             feed.observe(state)
         await feed.flush()
@@ -84,12 +91,14 @@ def test_the_feed_sends_rows_in_batches_and_counts_what_a_down_monitor_loses():
         await feed.flush()
         feed.waiting = [{}] * MAX_WAITING
         feed.observe(state)  # full: dropped
+        feed._count()
         feed._task.cancel()
         return feed
 
     feed = asyncio.run(scenario())
     assert got == [[{"u__age": 0.3, "score": 0.5}] * 3]
     assert (feed.sent, feed.dropped) == (3, 2)
+    assert counted == [("sent", 3), ("dropped", 1), ("dropped", 1)], "increments per flush, never counted twice"
 
 
 def graph_with(drift: dict, payload_nodes=("features", "ranker")) -> dict:
