@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Iterator, Optional
 
-from kuberay.rayservice import VLLM_API_KEY_ENV
+from kuberay.rayservice import PAYLOAD_LOG_REDIS_URL_ENV, VLLM_API_KEY_ENV
 from kuberay.spec import ClusterSpec
 
 # A Secret's data keys, hence the file names of a mounted Secret (never ".", "..",
@@ -153,6 +153,22 @@ def _v2_problems(spec: ClusterSpec, args: dict[str, Any], prefix: str) -> list[s
     return found
 
 
+def _payload_log_problems(args: dict[str, Any], prefix: str) -> list[str]:
+    """A payload log on the cluster goes to Redis (its URL from the Secret the
+    Ray pods have) or to an HTTP receiver: a file sink would write inside a
+    pod, lost with it."""
+    sink = (args.get("payload_log") or {}).get("sink") or {"kind": "file"}
+    path = f"{prefix}.payload_log.sink"
+    if sink.get("kind", "file") == "file":
+        return [f"{path}: a file sink writes inside the pod and is lost with it; use kind redis "
+                f"(url_env: {PAYLOAD_LOG_REDIS_URL_ENV}) or http"] if args.get("payload_log") else []
+    if sink.get("kind") == "redis" and sink.get("url_env") != PAYLOAD_LOG_REDIS_URL_ENV:
+        named = f"url_env: {sink['url_env']!r}" if sink.get("url_env") else "url written in the config"
+        return [f"{path}: {named}, but the Ray pods have the Redis URL as {PAYLOAD_LOG_REDIS_URL_ENV} "
+                "(secrets.payload_log_redis_url in kuberay/cluster.yaml)"]
+    return []
+
+
 def problems(spec: ClusterSpec, serve_config: dict[str, Any]) -> list[str]:
     found: list[str] = []
     http = serve_config.get("http_options") or {}
@@ -179,6 +195,7 @@ def problems(spec: ClusterSpec, serve_config: dict[str, Any]) -> list[str]:
             if uri != spec.mlflow_uri:
                 found.append(f"{path}: {uri!r}, but the cluster's MLflow is {spec.mlflow_uri!r}")
         found += _v2_problems(spec, args, f"{prefix}.args")
+        found += _payload_log_problems(args, f"{prefix}.args")
         for path, llm in _node_configs(args, "llm", f"{prefix}.args"):
             if llm.get("mode", "remote") != "remote" or "url" not in llm:
                 continue

@@ -17,6 +17,7 @@ from kuberay.spec import ClusterSpec, Resources, WorkerGroup
 GCS_PORT, DASHBOARD_PORT, CLIENT_PORT, METRICS_PORT, AGENT_PORT = 6379, 8265, 10001, 8080, 52365
 # The vLLM server's key in the Ray pods' environment (and the vLLM pods').
 VLLM_API_KEY_ENV = "VLLM_API_KEY"
+PAYLOAD_LOG_REDIS_URL_ENV = "PAYLOAD_LOG_REDIS_URL"
 # The dashboard agent's unified check (Ray >= 2.53): raylet, plus GCS on the head.
 NODE_HEALTH_PATH = "/api/healthz"
 # Volumes of the Ray pods (KubeRay adds its own: shared-mem at /dev/shm, ray-logs at /tmp/ray on the head).
@@ -33,6 +34,7 @@ def ray_env(spec: ClusterSpec) -> list[dict[str, Any]]:
         *pods.plain_env(spec.rayservice.env),
         {"name": "FEAST_REGISTRY_PATH", "value": spec.feast_registry_path},
         pods.secret_env("FEAST_REDIS_CONNECTION", spec.secrets.feast_redis_connection),
+        pods.secret_env(PAYLOAD_LOG_REDIS_URL_ENV, spec.secrets.payload_log_redis_url),  # a redis payload_log sink's url_env
         *pods.registry_credentials(spec),  # the URI is in the Serve config's args
         pods.secret_env("HF_TOKEN", spec.secrets.hf_token),
         # What a remote LLM node sends to the vLLM server (api_key_env: VLLM_API_KEY, kuberay/consistency.py).

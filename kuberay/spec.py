@@ -80,6 +80,10 @@ class Secrets(Strict):
     feast_redis_connection: SecretRef = Field(
         description="FEAST_REDIS_CONNECTION: Feast's Redis connection string (it carries the password)."
     )
+    payload_log_redis_url: SecretRef = Field(
+        description="PAYLOAD_LOG_REDIS_URL: redis:// URL (with its password) of the Redis whose streams take the "
+        "apps' payload logs; a payload_log sink of kind redis names it as url_env (kuberay/consistency.py)."
+    )
     api_keys: SecretVolume = Field(
         description="The apps' API keys, one Secret key per named key, mounted in the Ray worker pods (where the "
         "replicas run); every http.api_keys[].file of the Serve config must be a file of it (kuberay/consistency.py)."

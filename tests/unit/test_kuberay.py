@@ -627,6 +627,11 @@ def _serve_text(edit) -> str:
          "applications[2].args.graph.nodes.torch.config.registry_uri: 'sqlite:///.local/mlflow/mlflow.db', but the cluster's MLflow"),
         (lambda c: c["applications"][2]["args"].pop("http"),
          "applications[2].args.http.api_keys: none, so every route of application 'ensemble' would be open"),
+        # Payload logs: into the stack's Redis, its URL from the Secret the Ray pods have.
+        (lambda c: c["applications"][0]["args"]["payload_log"].update(sink={"kind": "file", "directory": "/tmp/payloads"}),
+         "applications[0].args.payload_log.sink: a file sink writes inside the pod and is lost with it"),
+        (lambda c: c["applications"][0]["args"]["payload_log"]["sink"].update(url_env="REDIS_URL"),
+         "applications[0].args.payload_log.sink: url_env: 'REDIS_URL', but the Ray pods have the Redis URL as PAYLOAD_LOG_REDIS_URL"),
     ],
 )
 def test_render_refuses_a_serve_config_that_disagrees_with_the_cluster(edit, message):
