@@ -129,10 +129,6 @@ class FollowingLLMServer(MeteredLLMServer):
         await super().__init__(llm_config, **kwargs)
 
     @property
-    def serving_version(self) -> Optional[str]:
-        return self.alias_follower.ref.version if self.alias_follower is not None else None
-
-    @property
     def alias_problem(self) -> Optional[str]:
         """Why the alias's version is not what this replica serves (refused, or rolling out)."""
         return self.alias_follower.problem if self.alias_follower is not None else None
