@@ -57,7 +57,7 @@ class FaultSummary:
     succeeded: int
     failed_by_kind: dict[str, int]
     unclear_count: int
-    unclear_failures: list[UnclearFailure]  # the first UNCLEAR_EXAMPLES, by start time
+    unclear_failures: list[UnclearFailure]  # all of them, by start time (reports show the first UNCLEAR_EXAMPLES)
     hung: int
     longest_error_window_s: float
     error_windows: int
@@ -208,7 +208,7 @@ def summarize(
         succeeded=sum(1 for o in ordered if o.ok),
         failed_by_kind=failed_by_kind,
         unclear_count=len(unclear),
-        unclear_failures=[UnclearFailure(o.status, o.kind, o.started, o.body_snippet) for o in unclear[:UNCLEAR_EXAMPLES]],
+        unclear_failures=[UnclearFailure(o.status, o.kind, o.started, o.body_snippet) for o in unclear],
         hung=hung,
         longest_error_window_s=max((end - start for start, end in windows), default=0.0),
         error_windows=len(windows),
@@ -255,7 +255,7 @@ def print_report(name: str, summary: FaultSummary) -> None:
     print("\n" + format_table({name: summary}))
     if summary.unclear_count:
         print(f"unclear failures: {summary.unclear_count}, e.g.")
-        for failure in summary.unclear_failures:
+        for failure in summary.unclear_failures[:UNCLEAR_EXAMPLES]:
             print(f"  {failure.status} {failure.snippet!r}")
     for line in format_failures(summary.common_failures):
         print(line)
@@ -277,9 +277,10 @@ def assert_fault_contract(
     problems = []
     if summary.hung:
         problems.append(f"{summary.hung} request(s) hung (client timeout {summary.request_timeout_s} s)")
-    if summary.unclear_count and not (foreign and summary.unclear_count == len(summary.unclear_failures)
-                                      and all(foreign(f) for f in summary.unclear_failures)):
-        examples = "; ".join(f"{f.status} {f.snippet[:80]!r}" for f in summary.unclear_failures)
+    # Every unclear failure is judged, not just the examples a report shows
+    # (CI37 and CI38: six of Serve's 408s, the sixth beyond the examples, failed this).
+    if summary.unclear_count and not (foreign and all(foreign(f) for f in summary.unclear_failures)):
+        examples = "; ".join(f"{f.status} {f.snippet[:80]!r}" for f in summary.unclear_failures[:UNCLEAR_EXAMPLES])
         problems.append(f"{summary.unclear_count} failure(s) without the JSON error shape, e.g. {examples}")
     if summary.longest_error_window_s > max_error_window_s:
         problems.append(f"clients saw errors for {summary.longest_error_window_s:.2f} s (bound {max_error_window_s} s)")
